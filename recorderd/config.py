@@ -1,0 +1,488 @@
+"""cameras.yaml parsed once into frozen dataclasses.
+
+Every error carries its key path (``cameras[2].url: ...``) so an operator can fix a file without
+reading code; all errors are collected, not just the first. A reload builds a new ``Config`` and
+diffs it against the running one (see ``diff_cameras``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from recorderd.masking import mask_url
+
+CAMERA_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+AUDIO_MODES = ("auto", "copy", "aac", "off")
+DEFAULT_PLANS: Mapping[str, int] = {"basic": 7, "pro": 15, "premium": 30}
+
+
+class ConfigError(Exception):
+    """A config file that cannot run; ``errors`` lists every problem with its key path."""
+
+    def __init__(self, errors: list[str], source: str = "") -> None:
+        self.errors = errors
+        self.source = source
+        head = f"{source}: " if source else ""
+        super().__init__(head + "invalid config:\n  " + "\n  ".join(errors))
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    name: str
+    retention_days: int
+
+
+@dataclass(frozen=True, slots=True)
+class Camera:
+    id: str
+    name: str
+    url: str = field(repr=False)
+    tenant: str | None
+    plan: str
+    retention_days: int
+    enabled: bool
+    segment_seconds: int
+    audio: str
+    stall_seconds: float
+    timeout_seconds: float
+    rtsp_transport: str
+    max_bytes: int | None
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.url)
+
+    def recording_key(self) -> tuple[object, ...]:
+        """Fields whose change needs the camera's FFmpeg restarted (retention/plan do not)."""
+        return (self.url, self.segment_seconds, self.audio, self.timeout_seconds,
+                self.rtsp_transport, self.enabled)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    root: Path
+    min_free_percent: float
+    min_free_bytes: int
+    free_margin_percent: float
+    status_file: Path
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    dsn: str | None = field(repr=False)
+    pending_max_rows: int
+    batch_max_rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    interval_seconds: float
+    disk_check_seconds: float
+    batch_size: int
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: str | None  # "host:port"; None disables the listener
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    storage: StorageConfig
+    plans: Mapping[str, Plan]
+    cameras: tuple[Camera, ...]
+    database: DatabaseConfig
+    retention: RetentionConfig
+    metrics: MetricsConfig
+    shutdown_seconds: float
+    source: str = ""
+
+    def camera(self, camera_id: str) -> Camera | None:
+        for cam in self.cameras:
+            if cam.id == camera_id:
+                return cam
+        return None
+
+    @property
+    def enabled_cameras(self) -> tuple[Camera, ...]:
+        return tuple(c for c in self.cameras if c.enabled)
+
+    def database_dsn(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """``RECORDERD_DATABASE_URL`` wins over the YAML so the password need not sit in the file."""
+        env = os.environ if environ is None else environ
+        return env.get("RECORDERD_DATABASE_URL") or self.database.dsn
+
+
+@dataclass(frozen=True, slots=True)
+class CameraDiff:
+    added: tuple[Camera, ...]
+    removed: tuple[Camera, ...]
+    restarted: tuple[Camera, ...]  # recording settings changed: new FFmpeg
+    updated: tuple[Camera, ...]  # only metadata (name, tenant, plan, retention...) changed
+    unchanged: tuple[Camera, ...]
+
+
+def diff_cameras(old: Config, new: Config) -> CameraDiff:
+    old_by_id = {c.id: c for c in old.cameras}
+    new_by_id = {c.id: c for c in new.cameras}
+    added, removed, restarted, updated, unchanged = [], [], [], [], []
+    for cam in new.cameras:
+        prev = old_by_id.get(cam.id)
+        if prev is None:
+            added.append(cam)
+        elif prev == cam:
+            unchanged.append(cam)
+        elif prev.recording_key() != cam.recording_key():
+            restarted.append(cam)
+        else:
+            updated.append(cam)
+    removed = [c for c in old.cameras if c.id not in new_by_id]
+    return CameraDiff(tuple(added), tuple(removed), tuple(restarted), tuple(updated), tuple(unchanged))
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class _Errors:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, path: str, msg: str) -> None:
+        self.items.append(f"{path}: {msg}")
+
+
+def _mapping(value: Any, path: str, errs: _Errors, allowed: set[str]) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        errs.add(path, f"must be a mapping, got {_kind(value)}")
+        return {}
+    for key in value:
+        if not isinstance(key, str) or key not in allowed:
+            errs.add(f"{path}.{key}" if path else str(key),
+                     f"unknown key (allowed: {', '.join(sorted(allowed))})")
+    return {k: v for k, v in value.items() if isinstance(k, str) and k in allowed}
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+def _number(value: Any, path: str, errs: _Errors, *, integer: bool, minimum: float | None = None,
+            positive: bool = False) -> Any:
+    ok_types: tuple[type, ...] = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_types):
+        errs.add(path, f"must be {'an integer' if integer else 'a number'}, got {_kind(value)}")
+        return None
+    if positive and value <= 0:
+        errs.add(path, f"must be positive, got {value}")
+        return None
+    if minimum is not None and value < minimum:
+        errs.add(path, f"must be at least {minimum}, got {value}")
+        return None
+    return value
+
+
+def _string(value: Any, path: str, errs: _Errors, *, nonempty: bool = True) -> str | None:
+    if not isinstance(value, str):
+        errs.add(path, f"must be a string, got {_kind(value)}")
+        return None
+    if nonempty and not value.strip():
+        errs.add(path, "must not be empty")
+        return None
+    return value
+
+
+def _bool(value: Any, path: str, errs: _Errors) -> bool | None:
+    if not isinstance(value, bool):
+        errs.add(path, f"must be true or false, got {_kind(value)}")
+        return None
+    return value
+
+
+def _check_url(url: str, path: str, errs: _Errors) -> None:
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a non-numeric port
+    except ValueError as exc:
+        errs.add(path, f"is not a valid URL ({exc}): {mask_url(url)}")
+        return
+    if parts.scheme not in ("rtsp", "rtsps", "rtmp", "http", "https", "srt", "udp", "file"):
+        errs.add(path, f"unsupported scheme {parts.scheme!r} (expected rtsp://...): {mask_url(url)}")
+    elif parts.scheme != "file" and not parts.hostname:
+        errs.add(path, f"has no host: {mask_url(url)}")
+
+
+_TOP = {"storage", "defaults", "plans", "cameras", "database", "retention", "metrics", "shutdown_seconds"}
+_STORAGE = {"root", "min_free_percent", "min_free_bytes", "free_margin_percent", "status_file"}
+_CAMERA_SETTINGS = {"segment_seconds", "plan", "audio", "stall_seconds", "timeout_seconds",
+                    "rtsp_transport", "enabled"}
+_CAMERA = _CAMERA_SETTINGS | {"id", "name", "url", "tenant", "retention_days", "max_bytes"}
+_DATABASE = {"dsn", "pending_max_rows", "batch_max_rows"}
+_RETENTION = {"interval_seconds", "disk_check_seconds", "batch_size", "enabled"}
+_METRICS = {"listen"}
+
+_DEFAULTS: dict[str, Any] = {
+    "segment_seconds": 3600,
+    "plan": "basic",
+    "audio": "auto",
+    "stall_seconds": 30,
+    "timeout_seconds": 10,
+    "rtsp_transport": "tcp",
+    "enabled": True,
+}
+
+
+def _audio(value: Any, path: str, errs: _Errors) -> str | None:
+    if value is False:
+        return "off"
+    if value is True:
+        return "auto"
+    if isinstance(value, str) and value in AUDIO_MODES:
+        return value
+    errs.add(path, f"must be one of auto, copy, aac, false; got {value!r}")
+    return None
+
+
+def _camera_setting(key: str, value: Any, path: str, errs: _Errors,
+                    plans: Mapping[str, Plan] | None) -> Any:
+    if key == "segment_seconds":
+        return _number(value, path, errs, integer=True, positive=True)
+    if key in ("stall_seconds", "timeout_seconds"):
+        return _number(value, path, errs, integer=False, positive=True)
+    if key == "plan":
+        name = _string(value, path, errs)
+        if name is not None and plans is not None and name not in plans:
+            errs.add(path, f"unknown plan {name!r} (known: {', '.join(sorted(plans))})")
+            return None
+        return name
+    if key == "audio":
+        return _audio(value, path, errs)
+    if key == "rtsp_transport":
+        if value not in ("tcp", "udp"):
+            errs.add(path, f"must be tcp or udp, got {value!r}")
+            return None
+        return value
+    if key == "enabled":
+        return _bool(value, path, errs)
+    raise AssertionError(key)
+
+
+def parse_config(data: Any, source: str = "") -> Config:
+    """Validate a parsed YAML document; raise ``ConfigError`` listing every problem."""
+    errs = _Errors()
+    top = _mapping(data, "", errs, _TOP)
+    if data is None:
+        errs.add("(file)", "is empty")
+
+    # plans first: cameras refer to them
+    plans: dict[str, Plan] = {n: Plan(n, d) for n, d in DEFAULT_PLANS.items()}
+    raw_plans = top.get("plans")
+    if raw_plans is not None:
+        if not isinstance(raw_plans, dict):
+            errs.add("plans", f"must be a mapping, got {_kind(raw_plans)}")
+        else:
+            for name, body in raw_plans.items():
+                p = f"plans.{name}"
+                if not isinstance(name, str) or not CAMERA_ID_RE.match(name):
+                    errs.add(p, "plan names use letters, digits, '_' and '-'")
+                    continue
+                b = _mapping(body, p, errs, {"retention_days"})
+                if "retention_days" not in b:
+                    errs.add(f"{p}.retention_days", "is required")
+                    continue
+                days = _number(b["retention_days"], f"{p}.retention_days", errs, integer=True, positive=True)
+                if days is not None:
+                    plans[name] = Plan(name, days)
+
+    # storage
+    st = _mapping(top.get("storage"), "storage", errs, _STORAGE)
+    root: Path | None = None
+    if "root" not in st:
+        errs.add("storage.root", "is required")
+    else:
+        r = _string(st["root"], "storage.root", errs)
+        if r is not None:
+            if not os.path.isabs(r):
+                errs.add("storage.root", f"must be an absolute path, got {r!r}")
+            else:
+                root = Path(os.path.normpath(r))
+    min_free_percent = _number(st.get("min_free_percent", 10), "storage.min_free_percent", errs,
+                               integer=False, minimum=0)
+    if min_free_percent is not None and min_free_percent >= 100:
+        errs.add("storage.min_free_percent", f"must be below 100, got {min_free_percent}")
+    min_free_bytes = _number(st.get("min_free_bytes", 0), "storage.min_free_bytes", errs,
+                             integer=True, minimum=0)
+    margin = _number(st.get("free_margin_percent", 2), "storage.free_margin_percent", errs,
+                     integer=False, minimum=0)
+    status_file: Path | None = None
+    if "status_file" in st:
+        s = _string(st["status_file"], "storage.status_file", errs)
+        if s is not None:
+            status_file = Path(s)
+    elif root is not None:
+        status_file = root / ".recorderd" / "status.json"
+
+    # defaults
+    defaults = dict(_DEFAULTS)
+    dflt = _mapping(top.get("defaults"), "defaults", errs, _CAMERA_SETTINGS)
+    for key, value in dflt.items():
+        v = _camera_setting(key, value, f"defaults.{key}", errs, plans)
+        if v is not None:
+            defaults[key] = v
+    if defaults["plan"] not in plans:
+        errs.add("defaults.plan", f"unknown plan {defaults['plan']!r}")
+
+    # cameras
+    cameras: list[Camera] = []
+    raw_cams = top.get("cameras", [])
+    if raw_cams is None:
+        raw_cams = []
+    if not isinstance(raw_cams, list):
+        errs.add("cameras", f"must be a list, got {_kind(raw_cams)}")
+        raw_cams = []
+    seen: dict[str, int] = {}
+    for i, body in enumerate(raw_cams):
+        p = f"cameras[{i}]"
+        c = _mapping(body, p, errs, _CAMERA)
+        if not isinstance(body, dict):
+            continue
+        before = len(errs.items)
+        cam_id = None
+        if "id" not in c:
+            errs.add(f"{p}.id", "is required")
+        else:
+            cam_id = c["id"]
+            if not isinstance(cam_id, str) or not CAMERA_ID_RE.match(cam_id):
+                errs.add(f"{p}.id", f"{cam_id!r} is not a safe id: use 1-64 of A-Z a-z 0-9 _ - "
+                         "(it names a directory)")
+                cam_id = None
+            elif cam_id in seen:
+                errs.add(f"{p}.id", f"duplicate id {cam_id!r} (also cameras[{seen[cam_id]}])")
+            else:
+                seen[cam_id] = i
+        url = None
+        if "url" not in c:
+            errs.add(f"{p}.url", "is required")
+        else:
+            url = _string(c["url"], f"{p}.url", errs)
+            if url is not None:
+                _check_url(url, f"{p}.url", errs)
+        name = _string(c.get("name", cam_id or ""), f"{p}.name", errs, nonempty=False)
+        tenant = None
+        if c.get("tenant") is not None:
+            tenant = _string(c["tenant"], f"{p}.tenant", errs)
+        settings = dict(defaults)
+        for key in _CAMERA_SETTINGS:
+            if key in c:
+                v = _camera_setting(key, c[key], f"{p}.{key}", errs, plans)
+                if v is not None:
+                    settings[key] = v
+        retention_days = None
+        if "retention_days" in c:
+            retention_days = _number(c["retention_days"], f"{p}.retention_days", errs,
+                                     integer=True, positive=True)
+        max_bytes = None
+        if c.get("max_bytes") is not None:
+            max_bytes = _number(c["max_bytes"], f"{p}.max_bytes", errs, integer=True, positive=True)
+        if len(errs.items) != before or cam_id is None or url is None:
+            continue
+        plan = plans.get(settings["plan"])
+        if plan is None:
+            continue
+        cameras.append(Camera(
+            id=cam_id, name=name or cam_id, url=url, tenant=tenant, plan=plan.name,
+            retention_days=retention_days or plan.retention_days, enabled=settings["enabled"],
+            segment_seconds=settings["segment_seconds"], audio=settings["audio"],
+            stall_seconds=float(settings["stall_seconds"]), timeout_seconds=float(settings["timeout_seconds"]),
+            rtsp_transport=settings["rtsp_transport"], max_bytes=max_bytes,
+        ))
+
+    # database
+    db = _mapping(top.get("database"), "database", errs, _DATABASE)
+    dsn = None
+    if db.get("dsn") is not None:
+        dsn = _string(db["dsn"], "database.dsn", errs)
+    pending_max = _number(db.get("pending_max_rows", 200_000), "database.pending_max_rows", errs,
+                          integer=True, positive=True)
+    batch_max = _number(db.get("batch_max_rows", 5_000), "database.batch_max_rows", errs,
+                        integer=True, positive=True)
+
+    # retention
+    rt = _mapping(top.get("retention"), "retention", errs, _RETENTION)
+    interval = _number(rt.get("interval_seconds", 60), "retention.interval_seconds", errs,
+                       integer=False, positive=True)
+    disk_check = _number(rt.get("disk_check_seconds", 2), "retention.disk_check_seconds", errs,
+                         integer=False, positive=True)
+    batch_size = _number(rt.get("batch_size", 500), "retention.batch_size", errs, integer=True, positive=True)
+    rt_enabled = _bool(rt.get("enabled", True), "retention.enabled", errs)
+
+    # metrics
+    mt = _mapping(top.get("metrics"), "metrics", errs, _METRICS)
+    listen: str | None = "127.0.0.1:9108"
+    if "listen" in mt:
+        if mt["listen"] in (None, False, ""):
+            listen = None
+        else:
+            s = _string(mt["listen"], "metrics.listen", errs)
+            if s is not None:
+                host, sep, port = s.rpartition(":")
+                if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                    errs.add("metrics.listen", f"must be host:port, got {s!r}")
+                else:
+                    listen = s
+
+    shutdown = _number(top.get("shutdown_seconds", 8), "shutdown_seconds", errs, integer=False, positive=True)
+
+    if errs.items:
+        raise ConfigError(errs.items, source)
+    assert root is not None and status_file is not None
+    return Config(
+        storage=StorageConfig(root=root, min_free_percent=float(min_free_percent),
+                              min_free_bytes=int(min_free_bytes), free_margin_percent=float(margin),
+                              status_file=status_file),
+        plans=plans,
+        cameras=tuple(cameras),
+        database=DatabaseConfig(dsn=dsn, pending_max_rows=pending_max, batch_max_rows=batch_max),
+        retention=RetentionConfig(interval_seconds=float(interval), disk_check_seconds=float(disk_check),
+                                  batch_size=batch_size, enabled=bool(rt_enabled)),
+        metrics=MetricsConfig(listen=listen),
+        shutdown_seconds=float(shutdown),
+        source=source,
+    )
+
+
+def parse_text(text: str, source: str = "<string>") -> Config:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
+        detail = f"{context}; {problem}" if context else problem
+        raise ConfigError([f"YAML syntax error at {where}: {detail}"], source) from None
+    return parse_config(data, source)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read config file: {exc.strerror}"], str(p)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"not UTF-8 text: {exc}"], str(p)) from None
+    return parse_text(text, str(p))
