@@ -1,0 +1,64 @@
+"""Prometheus metric objects, defined once so every module records into the same names.
+
+Names and units follow Prometheus conventions (``_total``, ``_seconds``, ``_bytes``). Labels never
+carry a URL; camera labels are the config id only.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+CAMERA_STATES = ("starting", "recording", "offline", "backoff", "stalled", "disabled")
+
+BUILD_INFO = Info("recorderd_build", "Build information")
+
+CAMERA_STATE = Gauge("recorderd_camera_state", "1 for the camera's current state, 0 for the others",
+                     ["camera", "state"])
+CAMERA_UP = Gauge("recorderd_camera_up", "1 while the camera is recording", ["camera"])
+FFMPEG_RESTARTS = Counter("recorderd_ffmpeg_restarts_total", "FFmpeg restarts by reason",
+                          ["camera", "reason"])
+SEGMENTS = Counter("recorderd_segments_total", "Segments finished", ["camera"])
+SEGMENT_BYTES = Counter("recorderd_recorded_bytes_total", "Bytes in finished segments", ["camera"])
+LAST_SEGMENT_END = Gauge("recorderd_last_segment_end_timestamp_seconds",
+                         "End time of the camera's last finished segment", ["camera"])
+
+INDEX_LAG = Histogram("recorderd_index_lag_seconds", "Segment closed to row committed",
+                      buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600))
+INDEX_PENDING = Gauge("recorderd_index_pending_rows", "Segment rows waiting for the database")
+INDEXED_ROWS = Counter("recorderd_indexed_segments_total", "Segment rows written", ["source"])
+INDEX_DROPPED = Counter("recorderd_index_dropped_rows_total",
+                        "Rows dropped from memory while the database was away (re-found by reconcile)")
+DATABASE_UP = Gauge("recorderd_database_up", "1 when the index database is reachable")
+
+RETENTION_DELETED = Counter("recorderd_retention_deleted_segments_total", "Segments deleted", ["reason"])
+RETENTION_DELETED_BYTES = Counter("recorderd_retention_deleted_bytes_total", "Bytes deleted", ["reason"])
+SWEEP_DURATION = Histogram("recorderd_retention_sweep_duration_seconds", "Retention sweep duration",
+                           buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300))
+STORAGE_USED = Gauge("recorderd_storage_used_bytes", "Footage bytes per camera (from the index)", ["camera"])
+DISK_FREE = Gauge("recorderd_disk_free_bytes", "Free bytes on the storage filesystem")
+DISK_USED_RATIO = Gauge("recorderd_disk_used_ratio", "Used fraction of the storage filesystem")
+
+CONFIG_RELOADS = Counter("recorderd_config_reloads_total", "Config reloads by result", ["result"])
+CONFIG_LAST_RELOAD_OK = Gauge("recorderd_config_last_reload_successful",
+                              "1 if the last config reload was applied")
+
+
+def set_camera_state(camera: str, state: str) -> None:
+    for s in CAMERA_STATES:
+        CAMERA_STATE.labels(camera, s).set(1 if s == state else 0)
+    CAMERA_UP.labels(camera).set(1 if state == "recording" else 0)
+
+
+def forget_camera(camera: str) -> None:
+    """A removed camera's series go away instead of freezing at their last value."""
+    for s in CAMERA_STATES:
+        _remove(CAMERA_STATE, camera, s)
+    for g in (CAMERA_UP, LAST_SEGMENT_END, STORAGE_USED):
+        _remove(g, camera)
+
+
+def _remove(metric: Gauge, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass
