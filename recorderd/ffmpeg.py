@@ -1,0 +1,161 @@
+"""FFmpeg command line and the two streams it talks back on.
+
+stdout carries the segment list (``name,start,end`` per closed segment, stream seconds); stderr
+carries ``Opening '<file>' for writing`` the moment a segment is opened, plus the errors that tell
+an unreachable camera from a broken one. Everything here is pure so it is unit-tested without FFmpeg.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from recorderd.config import Camera
+from recorderd.layout import FFMPEG_PATTERN
+
+# Codecs the MP4 muxer accepts as-is; anything else (G.711 from most IP cameras) needs AAC.
+MP4_AUDIO_CODECS = frozenset({"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac"})
+
+FRAG_OPTIONS = "movflags=+frag_keyframe+empty_moov+default_base_moof:flush_packets=1"
+
+
+def build_command(camera: Camera, *, audio_mode: str | None = None, ffmpeg: str = "ffmpeg") -> list[str]:
+    """argv for one camera; run it with cwd = the camera directory and TZ=UTC.
+
+    ``audio_mode`` overrides ``camera.audio`` ("auto" starts as copy; the supervisor switches to
+    "aac" when FFmpeg says the container refuses the codec).
+    """
+    audio = audio_mode or camera.audio
+    scheme = urlsplit(camera.url).scheme
+    argv = [ffmpeg, "-hide_banner", "-nostats", "-loglevel", "info", "-y"]
+    if scheme in ("rtsp", "rtsps"):
+        argv += ["-rtsp_transport", camera.rtsp_transport,
+                 "-timeout", str(int(camera.timeout_seconds * 1_000_000))]
+    elif scheme in ("http", "https", "rtmp"):
+        argv += ["-rw_timeout", str(int(camera.timeout_seconds * 1_000_000))]
+    argv += ["-i", camera.url, "-map", "0:v:0"]
+    if audio == "off":
+        argv += ["-an"]
+    else:
+        argv += ["-map", "0:a:0?"]
+    argv += ["-c:v", "copy"]
+    if audio in ("auto", "copy"):
+        argv += ["-c:a", "copy"]
+    elif audio == "aac":
+        argv += ["-c:a", "aac", "-b:a", "64k"]
+    argv += [
+        "-f", "segment",
+        "-segment_time", str(camera.segment_seconds),
+        "-segment_atclocktime", "1",
+        "-strftime", "1",
+        "-reset_timestamps", "1",
+        "-segment_format", "mp4",
+        "-segment_format_options", FRAG_OPTIONS,
+        "-segment_list", "pipe:1",
+        "-segment_list_type", "csv",
+        FFMPEG_PATTERN,
+    ]
+    return argv
+
+
+@dataclass(frozen=True, slots=True)
+class ListEntry:
+    """One closed segment from the CSV segment list (times in stream seconds)."""
+
+    name: str
+    start: float
+    end: float
+
+
+def parse_list_line(line: str) -> ListEntry | None:
+    """``12-00-00.mp4,0.000000,2.000000`` -> ListEntry; None for anything else.
+
+    The CSV writer quotes names containing commas or quotes; ours never do, but a quoted name is
+    still understood.
+    """
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        name_part, start_s, end_s = line.rsplit(",", 2)
+        start, end = float(start_s), float(end_s)
+    except ValueError:
+        return None
+    if name_part.startswith('"') and name_part.endswith('"') and len(name_part) >= 2:
+        name_part = name_part[1:-1].replace('""', '"')
+    if not name_part or end < start:
+        return None
+    return ListEntry(name_part, start, end)
+
+
+_OPENING_RE = re.compile(r"^\[segment @ [^\]]+\] Opening '(?P<path>.+)' for writing\s*$")
+
+
+def parse_opening(line: str) -> str | None:
+    """The path of a segment FFmpeg just opened (relative to its cwd), else None."""
+    m = _OPENING_RE.match(line.strip())
+    if not m or m["path"].startswith("pipe:"):
+        return None
+    return m["path"]
+
+
+# stderr phrases, lower-cased, that mean "the camera is not reachable" rather than "FFmpeg broke"
+_UNREACHABLE = (
+    "connection refused", "connection timed out", "no route to host", "network is unreachable",
+    "host is unreachable", "name or service not known", "temporary failure in name resolution",
+    "connection reset by peer", "broken pipe", "end of file", "operation timed out",
+    "immediate exit requested", "could not find codec parameters", "i/o error",
+)
+_REJECTED = ("401 unauthorized", "403 forbidden", "404 not found", "method describe failed",
+             "invalid data found when processing input", "server returned")
+_AUDIO_REFUSED_RE = re.compile(r"could not find tag for codec (\S+) in stream #(\d+)", re.IGNORECASE)
+
+
+def classify_failure(lines: list[str]) -> str:
+    """Why a run that never recorded failed: ``unreachable``, ``rejected`` or ``error``."""
+    text = "\n".join(lines).lower()
+    if any(p in text for p in _REJECTED):
+        return "rejected"
+    if any(p in text for p in _UNREACHABLE):
+        return "unreachable"
+    return "error"
+
+
+def audio_refused(lines: list[str]) -> str | None:
+    """The audio codec the MP4 muxer refused (e.g. ``pcm_alaw``), if that is why FFmpeg stopped."""
+    for line in lines:
+        m = _AUDIO_REFUSED_RE.search(line)
+        if m and m[1].lower() not in MP4_AUDIO_CODECS:
+            return m[1]
+    return None
+
+
+_NOISE = ("timestamps are unset in a packet", "non-monotonous dts", "too many bits",
+          "qavg:", "past duration", "rtp: missed", "max delay reached")
+_IMPORTANT = ("error", "failed", "invalid", "refused", "timed out", "unauthorized", "not found",
+              "could not", "unable", "corrupt", "missing", "broken")
+
+
+def stderr_level(line: str) -> str | None:
+    """Log level a stderr line deserves: ``warning`` for problems, None for routine chatter."""
+    low = line.lower()
+    if any(n in low for n in _NOISE):
+        return None
+    if any(w in low for w in _IMPORTANT):
+        return "warning"
+    return None
+
+
+def camera_address(url: str) -> tuple[str, int] | None:
+    """host and port to probe with a bare TCP connect while a camera is offline."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not host:
+        return None
+    default = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443, "rtmp": 1935}.get(parts.scheme)
+    port = port or default
+    return (host, port) if port else None
