@@ -1,0 +1,104 @@
+"""``recorderd`` command line: run the daemon, check a config, query the index."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from recorderd import __version__
+from recorderd.config import Config, ConfigError, load_config
+
+EXIT_BAD_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="recorderd", description="24/7 camera recorder for NVR boxes")
+    p.add_argument("--version", action="version", version=f"recorderd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(name: str, help: str, positional: bool = False) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        if positional:
+            sp.add_argument("config", type=Path, help="path to cameras.yaml")
+        else:
+            sp.add_argument("--config", "-c", type=Path, default=Path("/etc/recorderd/cameras.yaml"),
+                            help="path to cameras.yaml (default: %(default)s)")
+        return sp
+
+    with_config("check-config", "validate a config file; exit 0 if good, 2 with every error if not",
+                positional=True)
+    r = with_config("run", "run the recorder (foreground; systemd runs this)")
+    r.add_argument("--ffmpeg", default="ffmpeg", help="FFmpeg binary (default: %(default)s)")
+    r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    r.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    with_config("migrate", "apply database migrations and exit")
+    s = with_config("search", "list recorded segments of a camera overlapping a time range")
+    s.add_argument("--camera", required=True, help="camera id")
+    s.add_argument("--from", dest="from_", metavar="ISO8601", help="range start (UTC unless offset given)")
+    s.add_argument("--to", metavar="ISO8601", help="range end (exclusive)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    st = with_config("status", "per-camera live state from the running daemon and the index")
+    st.add_argument("--json", action="store_true")
+    sg = with_config("storage", "footage bytes per camera, tenant and plan, from the index")
+    sg.add_argument("--json", action="store_true")
+    return p
+
+
+def _load(path: Path) -> Config:
+    return load_config(path)
+
+
+def _print_config_error(exc: ConfigError) -> None:
+    print(f"{exc.source or 'config'}: {len(exc.errors)} error(s):", file=sys.stderr)
+    for e in exc.errors:
+        print(f"  {e}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_BAD_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from recorderd import logging as rlog
+
+    cmd: str = args.command
+    if cmd == "check-config":
+        cfg = _load(args.config)
+        enabled = len(cfg.enabled_cameras)
+        print(f"{args.config}: OK ({len(cfg.cameras)} cameras, {enabled} enabled; "
+              f"storage {cfg.storage.root})")
+        return 0
+    if cmd == "run":
+        fmt = {"auto": None, "json": True, "console": False}[args.log_format]
+        rlog.configure(args.log_level, json=fmt)
+        from recorderd import daemon
+
+        return daemon.run(args.config, ffmpeg_bin=args.ffmpeg)
+
+    rlog.configure("warning", json=False)
+    cfg = _load(args.config)
+    from recorderd import report
+
+    out = sys.stdout
+    coro: Any
+    if cmd == "migrate":
+        coro = report.cmd_migrate(cfg, out)
+    elif cmd == "search":
+        coro = report.cmd_search(cfg, args.camera, args.from_, args.to, args.json, out)
+    elif cmd == "status":
+        coro = report.cmd_status(cfg, args.json, out)
+    elif cmd == "storage":
+        coro = report.cmd_storage(cfg, args.json, out)
+    else:  # pragma: no cover - argparse guards this
+        raise AssertionError(cmd)
+    return int(asyncio.run(coro))

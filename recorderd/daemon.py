@@ -1,0 +1,279 @@
+"""The composition root: builds the parts, runs them as named tasks, reloads, drains on a signal.
+
+Signal handlers only set events. Cameras start before the database is reached: recording never
+waits on it. If a core task (indexer, sweeper) dies the daemon stops its cameras cleanly and exits
+non-zero so systemd restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from recorderd import __version__, metrics, systemd
+from recorderd.config import Camera, Config, ConfigError, diff_cameras, load_config
+from recorderd.db import Database
+from recorderd.health import CameraHealth, HealthSnapshot, disk_floor_bytes, health_reasons
+from recorderd.httpserver import MetricsServer
+from recorderd.indexer import Indexer
+from recorderd.logging import get_logger, register_secrets
+from recorderd.masking import secrets_of
+from recorderd.probe import probe_duration
+from recorderd.retention import Sweeper
+from recorderd.statusfile import remove_status, write_status
+from recorderd.supervisor import CameraSupervisor
+from recorderd.configwatch import ConfigWatcher
+
+log = get_logger()
+STATUS_INTERVAL = 2.0
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: Path, *, ffmpeg_bin: str = "ffmpeg") -> None:
+        self.config = config
+        self.config_path = config_path
+        self.ffmpeg_bin = ffmpeg_bin
+        self.started_at = time.time()
+        self.supervisors: dict[str, CameraSupervisor] = {}
+        self.camera_tasks: dict[str, asyncio.Task[None]] = {}
+        self.core_tasks: list[asyncio.Task[Any]] = []
+        self.stop_event = asyncio.Event()
+        self.reload_event = asyncio.Event()
+        self.signals_seen = 0
+        self.exit_code = 0
+        self.db = Database(config.database_dsn())
+        self.indexer = Indexer(config, self.db, current_files=self.current_files)
+        self.sweeper = Sweeper(config, self.db, self.current_files)
+        self.metrics_server: MetricsServer | None = None
+
+    # ------------------------------------------------------------------ cameras
+
+    def current_files(self) -> set[str]:
+        return {s.current_file for s in self.supervisors.values() if s.current_file}
+
+    def _start_camera(self, cam: Camera) -> None:
+        sup = CameraSupervisor(cam, self.config.storage.root, self.indexer.submit,
+                               ffmpeg_bin=self.ffmpeg_bin, probe=probe_duration)
+        self.supervisors[cam.id] = sup
+        metrics.CAMERA_SEGMENT_SECONDS.labels(cam.id).set(cam.segment_seconds)
+        self.camera_tasks[cam.id] = asyncio.create_task(sup.run(), name=f"camera:{cam.id}")
+
+    async def _stop_camera(self, camera_id: str, budget: float) -> None:
+        sup = self.supervisors.pop(camera_id, None)
+        task = self.camera_tasks.pop(camera_id, None)
+        if sup is None:
+            return
+        await sup.stop(q_wait=budget * 0.5, term_wait=budget * 0.25)
+        if task is not None:
+            try:
+                await asyncio.wait_for(task, budget * 0.25 + 2)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    # ------------------------------------------------------------------ reload
+
+    async def reload(self, trigger: str) -> bool:
+        """Validate the new file whole; on any error keep running the old one."""
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            metrics.CONFIG_RELOADS.labels("error").inc()
+            metrics.CONFIG_LAST_RELOAD_OK.set(0)
+            log.error("config_reload_failed", trigger=trigger, path=str(self.config_path), errors=exc.errors)
+            return False
+        old = self.config
+        for key, label in ((old.storage.root != new.storage.root, "storage.root"),
+                           (old.database_dsn() != new.database_dsn(), "database.dsn"),
+                           (old.metrics.listen != new.metrics.listen, "metrics.listen")):
+            if key:
+                log.warning("config_needs_restart", key=label, note="kept the running value until restart")
+        new = _keep_fixed(new, old)
+        register_secrets([s for c in new.cameras for s in secrets_of(c.url)])
+        diff = diff_cameras(old, new)
+        self.config = new
+        budget = min(6.0, new.shutdown_seconds)
+        await asyncio.gather(*(self._stop_camera(c.id, budget) for c in diff.removed + diff.restarted))
+        for cam in diff.removed:
+            metrics.forget_camera(cam.id)
+        for cam in diff.added + diff.restarted:
+            self._start_camera(cam)
+        for cam in diff.updated:
+            self.supervisors[cam.id].update(cam)
+        self.indexer.update_config(new)
+        self.sweeper.update_config(new)
+        metrics.CONFIG_RELOADS.labels("success").inc()
+        metrics.CONFIG_LAST_RELOAD_OK.set(1)
+        log.info("config_reloaded", trigger=trigger, added=[c.id for c in diff.added],
+                 removed=[c.id for c in diff.removed], restarted=[c.id for c in diff.restarted],
+                 updated=[c.id for c in diff.updated], unchanged=len(diff.unchanged))
+        return True
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self.reload_event.wait()
+            self.reload_event.clear()
+            systemd.notify("RELOADING=1")
+            await self.reload("change")
+            systemd.notify("READY=1\nSTATUS=" + self.summary())
+
+    # ------------------------------------------------------------------ status, health
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "written_at": time.time(),
+            "started_at": self.started_at,
+            "version": __version__,
+            "database_up": self.db.up,
+            "pending_rows": self.indexer.pending_count,
+            "cameras": [s.snapshot() for s in self.supervisors.values()],
+        }
+
+    def summary(self) -> str:
+        states = [s.state for s in self.supervisors.values()]
+        rec = states.count("recording")
+        return (f"{rec}/{len(states)} cameras recording; database {'up' if self.db.up else 'DOWN'}; "
+                f"{self.indexer.pending_count} rows pending")
+
+    def health(self) -> list[str]:
+        st = self.config.storage
+        try:
+            du = shutil.disk_usage(st.root)
+            total, free = du.total, du.free
+        except OSError:
+            total = free = 0
+        snap = HealthSnapshot(
+            database_up=self.db.up, disk_free_bytes=free, disk_total_bytes=total,
+            floor_bytes=disk_floor_bytes(total, st.min_free_percent, st.min_free_bytes),
+            cameras=[CameraHealth(s.camera.id, s.state, s.state_since, s.camera.segment_seconds)
+                     for s in self.supervisors.values()],
+            pending_rows=self.indexer.pending_count, now=time.time())
+        return health_reasons(snap)
+
+    async def _status_loop(self) -> None:
+        path = self.config.storage.status_file
+        last_summary = ""
+        while True:
+            try:
+                await asyncio.to_thread(write_status, path, self.snapshot())
+            except OSError as exc:
+                log.warning("status_write_failed", path=str(path), error=str(exc))
+            summary = self.summary()
+            if summary != last_summary:
+                systemd.status(summary)
+                last_summary = summary
+            await asyncio.sleep(STATUS_INTERVAL)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _on_signal(self, signame: str) -> None:
+        self.signals_seen += 1
+        if self.signals_seen == 1:
+            log.info("shutdown_requested", signal=signame)
+            self.stop_event.set()
+        else:
+            log.warning("shutdown_forced", signal=signame)
+            for sup in self.supervisors.values():
+                sup.kill_now()
+            os._exit(130)
+
+    def _core(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        self.core_tasks.append(asyncio.create_task(coro, name=name))
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig.name)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_event.set)
+        cfg = self.config
+        cfg.storage.root.mkdir(parents=True, exist_ok=True)
+        metrics.BUILD_INFO.info({"version": __version__})
+        for cam in cfg.cameras:
+            if cam.enabled:
+                self._start_camera(cam)
+            else:
+                metrics.set_camera_state(cam.id, "disabled")
+        self._core(self.indexer.run(), "indexer")
+        self._core(self.sweeper.run(), "sweeper")
+        self._core(self._status_loop(), "status")
+        self._core(self._reload_loop(), "reload")
+        self._core(ConfigWatcher(self.config_path, self.reload_event.set).run(), "config-watch")
+        if cfg.metrics.listen:
+            self.metrics_server = MetricsServer(cfg.metrics.listen, self.health)
+            try:
+                await self.metrics_server.start()
+            except OSError as exc:
+                log.error("metrics_listen_failed", listen=cfg.metrics.listen, error=str(exc))
+                self.metrics_server = None
+        interval = systemd.watchdog_interval()
+        if interval:
+            self._core(systemd.watchdog_task(interval), "watchdog")
+        log.info("daemon_started", version=__version__, cameras=len(cfg.enabled_cameras),
+                 root=str(cfg.storage.root), config=str(self.config_path))
+        systemd.ready(self.summary())
+
+        stop = asyncio.create_task(self.stop_event.wait(), name="stop-event")
+        done, _ = await asyncio.wait([stop, *self.core_tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stop:
+                self.exit_code = 1
+                exc = task.exception() if not task.cancelled() else None
+                log.critical("core_task_failed", task=task.get_name(), error=repr(exc))
+        stop.cancel()
+        await self.shutdown()
+        return self.exit_code
+
+    async def shutdown(self) -> None:
+        """Drain within ``shutdown_seconds``: cameras close their open segment, then the index flushes."""
+        systemd.stopping()
+        budget = self.config.shutdown_seconds
+        deadline = time.monotonic() + budget
+        await asyncio.gather(*(self._stop_camera(cid, budget * 0.7) for cid in list(self.supervisors)))
+        left = max(0.5, deadline - time.monotonic())
+        try:
+            await self.indexer.close(left)
+        except Exception as exc:
+            log.error("indexer_close_failed", error=repr(exc))
+        for task in self.core_tasks:
+            task.cancel()
+        await asyncio.gather(*self.core_tasks, return_exceptions=True)
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
+        await self.db.close()
+        remove_status(self.config.storage.status_file)
+        log.info("daemon_stopped", exit_code=self.exit_code,
+                 seconds=round(budget - (deadline - time.monotonic()), 2))
+
+
+def _keep_fixed(new: Config, old: Config) -> Config:
+    """Settings bound at start (storage root, database, listener) keep their running values."""
+    from dataclasses import replace
+
+    storage = replace(new.storage, root=old.storage.root, status_file=old.storage.status_file)
+    return replace(new, storage=storage, database=replace(new.database, dsn=old.database.dsn),
+                   metrics=old.metrics)
+
+
+def run(config_path: Path, *, ffmpeg_bin: str = "ffmpeg") -> int:
+    config = load_config(config_path)  # ConfigError propagates: refuse to start on a bad file
+    register_secrets([s for c in config.cameras for s in secrets_of(c.url)])
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+
+    async def main() -> int:
+        return await Daemon(config, config_path, ffmpeg_bin=ffmpeg_bin).run()
+
+    return int(runner(main()))

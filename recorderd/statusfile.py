@@ -1,0 +1,64 @@
+"""The daemon's live state as a small JSON file, for ``recorderd status`` in another process.
+
+Written atomically (temp file + rename) every couple of seconds; a reader trusts it only while the
+pid is alive and the file is fresh, so a killed daemon is reported as not running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+FRESH_SECONDS = 15.0
+
+
+def write_status(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".status-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, separators=(",", ":"))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def remove_status(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def read_status(path: Path, now: float | None = None) -> tuple[dict[str, Any] | None, str]:
+    """(payload, "") when a live daemon wrote it, else (None or stale payload, why not running)."""
+    now = time.time() if now is None else now
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, f"no status file at {path}"
+    except (OSError, ValueError) as exc:
+        return None, f"cannot read {path}: {exc}"
+    pid = data.get("pid")
+    if not isinstance(pid, int) or not pid_alive(pid):
+        return data, f"pid {pid} from {path} is not running"
+    age = now - float(data.get("written_at", 0))
+    if age > FRESH_SECONDS:
+        return data, f"status file {path} is {age:.0f}s old (daemon hung?)"
+    return data, ""
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
