@@ -7,10 +7,14 @@ carry a URL; camera labels are the config id only.
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, Info
+from prometheus_client.metrics import MetricWrapperBase
+
+from recorderd import __version__
 
 CAMERA_STATES = ("starting", "recording", "offline", "backoff", "stalled", "disabled")
 
 BUILD_INFO = Info("recorderd_build", "Build information")
+BUILD_INFO.info({"version": __version__})
 
 CAMERA_STATE = Gauge("recorderd_camera_state", "1 for the camera's current state, 0 for the others",
                      ["camera", "state"])
@@ -21,10 +25,19 @@ SEGMENTS = Counter("recorderd_segments_total", "Segments finished", ["camera"])
 SEGMENT_BYTES = Counter("recorderd_recorded_bytes_total", "Bytes in finished segments", ["camera"])
 LAST_SEGMENT_END = Gauge("recorderd_last_segment_end_timestamp_seconds",
                          "End time of the camera's last finished segment", ["camera"])
+# The configured length, so an alert can say "no segment for two segment lengths" per camera.
+CAMERA_SEGMENT_SECONDS = Gauge("recorderd_camera_segment_seconds",
+                               "Configured segment length of an enabled camera", ["camera"])
+FFMPEG_OUTPUT_SUPPRESSED = Counter("recorderd_ffmpeg_output_suppressed_lines_total",
+                                   "FFmpeg stderr lines not logged because of the per-camera rate limit",
+                                   ["camera"])
 
 INDEX_LAG = Histogram("recorderd_index_lag_seconds", "Segment closed to row committed",
                       buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600))
 INDEX_PENDING = Gauge("recorderd_index_pending_rows", "Segment rows waiting for the database")
+# The cap (database.pending_max_rows) beyond which rows are dropped: alerts compare against it.
+INDEX_PENDING_MAX = Gauge("recorderd_index_pending_max_rows",
+                          "Pending rows kept in memory before the oldest are dropped")
 INDEXED_ROWS = Counter("recorderd_indexed_segments_total", "Segment rows written", ["source"])
 INDEX_DROPPED = Counter("recorderd_index_dropped_rows_total",
                         "Rows dropped from memory while the database was away (re-found by reconcile)")
@@ -37,10 +50,16 @@ SWEEP_DURATION = Histogram("recorderd_retention_sweep_duration_seconds", "Retent
 STORAGE_USED = Gauge("recorderd_storage_used_bytes", "Footage bytes per camera (from the index)", ["camera"])
 DISK_FREE = Gauge("recorderd_disk_free_bytes", "Free bytes on the storage filesystem")
 DISK_USED_RATIO = Gauge("recorderd_disk_used_ratio", "Used fraction of the storage filesystem")
+DISK_TOTAL = Gauge("recorderd_disk_total_bytes", "Size of the storage filesystem")
+# max(min_free_bytes, min_free_percent of the disk): below it the box is degraded.
+DISK_FLOOR = Gauge("recorderd_disk_floor_bytes", "Free-space floor the retention sweeper defends")
 
 CONFIG_RELOADS = Counter("recorderd_config_reloads_total", "Config reloads by result", ["result"])
 CONFIG_LAST_RELOAD_OK = Gauge("recorderd_config_last_reload_successful",
                               "1 if the last config reload was applied")
+
+HEALTHY = Gauge("recorderd_healthy", "1 when /healthz reports ok, 0 when degraded")
+HEALTH_DEGRADED = Gauge("recorderd_health_degraded", "1 while the named health check fails", ["check"])
 
 
 def set_camera_state(camera: str, state: str) -> None:
@@ -49,15 +68,23 @@ def set_camera_state(camera: str, state: str) -> None:
     CAMERA_UP.labels(camera).set(1 if state == "recording" else 0)
 
 
+def set_camera_segment_seconds(camera: str, seconds: float | None) -> None:
+    """Publish the segment length of an enabled camera; None (disabled) removes the series."""
+    if seconds is None:
+        _remove(CAMERA_SEGMENT_SECONDS, camera)
+    else:
+        CAMERA_SEGMENT_SECONDS.labels(camera).set(seconds)
+
+
 def forget_camera(camera: str) -> None:
     """A removed camera's series go away instead of freezing at their last value."""
     for s in CAMERA_STATES:
         _remove(CAMERA_STATE, camera, s)
-    for g in (CAMERA_UP, LAST_SEGMENT_END, STORAGE_USED):
+    for g in (CAMERA_UP, LAST_SEGMENT_END, STORAGE_USED, CAMERA_SEGMENT_SECONDS, FFMPEG_OUTPUT_SUPPRESSED):
         _remove(g, camera)
 
 
-def _remove(metric: Gauge, *labels: str) -> None:
+def _remove(metric: MetricWrapperBase, *labels: str) -> None:
     try:
         metric.remove(*labels)
     except KeyError:
