@@ -183,7 +183,7 @@ def _kind(value: Any) -> str:
 def _number(value: Any, path: str, errs: _Errors, *, integer: bool, minimum: float | None = None,
             positive: bool = False) -> Any:
     ok_types: tuple[type, ...] = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, ok_types):
+    if isinstance(value, bool) or not isinstance(value, ok_types) or not isinstance(value, int | float):
         errs.add(path, f"must be {'an integer' if integer else 'a number'}, got {_kind(value)}")
         return None
     if positive and value <= 0:
@@ -438,7 +438,7 @@ def parse_config(data: Any, source: str = "") -> Config:
         else:
             s = _string(mt["listen"], "metrics.listen", errs)
             if s is not None:
-                host, sep, port = s.rpartition(":")
+                _host, sep, port = s.rpartition(":")
                 if not sep or not port.isdigit() or not 0 < int(port) < 65536:
                     errs.add("metrics.listen", f"must be host:port, got {s!r}")
                 else:

@@ -19,6 +19,7 @@ from typing import Any
 
 from recorderd import __version__, metrics, systemd
 from recorderd.config import Camera, Config, ConfigError, diff_cameras, load_config
+from recorderd.configwatch import ConfigWatcher
 from recorderd.db import Database
 from recorderd.health import CameraHealth, HealthSnapshot, disk_floor_bytes, health_reasons
 from recorderd.httpserver import MetricsServer
@@ -29,7 +30,6 @@ from recorderd.probe import probe_duration
 from recorderd.retention import Sweeper
 from recorderd.statusfile import remove_status, write_status
 from recorderd.supervisor import CameraSupervisor
-from recorderd.configwatch import ConfigWatcher
 
 log = get_logger()
 STATUS_INTERVAL = 2.0
@@ -62,7 +62,7 @@ class Daemon:
         sup = CameraSupervisor(cam, self.config.storage.root, self.indexer.submit,
                                ffmpeg_bin=self.ffmpeg_bin, probe=probe_duration)
         self.supervisors[cam.id] = sup
-        metrics.CAMERA_SEGMENT_SECONDS.labels(cam.id).set(cam.segment_seconds)
+        metrics.set_camera_segment_seconds(cam.id, cam.segment_seconds if cam.enabled else None)
         self.camera_tasks[cam.id] = asyncio.create_task(sup.run(), name=f"camera:{cam.id}")
 
     async def _stop_camera(self, camera_id: str, budget: float) -> None:
@@ -121,7 +121,7 @@ class Daemon:
         while True:
             await self.reload_event.wait()
             self.reload_event.clear()
-            systemd.notify("RELOADING=1")
+            systemd.reloading()
             await self.reload("change")
             systemd.notify("READY=1\nSTATUS=" + self.summary())
 
@@ -156,7 +156,8 @@ class Daemon:
             floor_bytes=disk_floor_bytes(total, st.min_free_percent, st.min_free_bytes),
             cameras=[CameraHealth(s.camera.id, s.state, s.state_since, s.camera.segment_seconds)
                      for s in self.supervisors.values()],
-            pending_rows=self.indexer.pending_count, now=time.time())
+            pending_rows=self.indexer.pending_count, now=time.time(),
+            pending_limit=self.config.database.pending_max_rows // 2)
         return health_reasons(snap)
 
     async def _status_loop(self) -> None:
@@ -197,11 +198,9 @@ class Daemon:
         cfg = self.config
         cfg.storage.root.mkdir(parents=True, exist_ok=True)
         metrics.BUILD_INFO.info({"version": __version__})
-        for cam in cfg.cameras:
-            if cam.enabled:
-                self._start_camera(cam)
-            else:
-                metrics.set_camera_state(cam.id, "disabled")
+        metrics.INDEX_PENDING_MAX.set(cfg.database.pending_max_rows)
+        for cam in cfg.cameras:  # a disabled camera gets an idle supervisor: status shows it
+            self._start_camera(cam)
         self._core(self.indexer.run(), "indexer")
         self._core(self.sweeper.run(), "sweeper")
         self._core(self._status_loop(), "status")
@@ -226,8 +225,8 @@ class Daemon:
         for task in done:
             if task is not stop:
                 self.exit_code = 1
-                exc = task.exception() if not task.cancelled() else None
-                log.critical("core_task_failed", task=task.get_name(), error=repr(exc))
+                failure = task.exception() if not task.cancelled() else None
+                log.critical("core_task_failed", task=task.get_name(), error=repr(failure))
         stop.cancel()
         await self.shutdown()
         return self.exit_code

@@ -33,10 +33,13 @@ from recorderd.config import Camera
 from recorderd.events import SegmentEvent
 from recorderd.logging import get_logger
 from recorderd.masking import mask_text, secrets_of
+from recorderd.ratelimit import KeyedRateLimiter
 
 STDERR_TAIL = 30
 PROBE_INTERVAL = 1.0  # TCP probe of an offline camera, so a return is noticed within seconds
 STARTUP_GRACE = 15.0  # extra time before the first byte counts as a stall
+# FFmpeg stderr forwarded to the journal: a burst of 20 lines, then 1 line/s per camera
+_STDERR_LIMIT = KeyedRateLimiter(rate=1.0, burst=20)
 
 
 def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child
@@ -232,6 +235,9 @@ class CameraSupervisor:
     def _after_exit(self, run: _Run, rc: int | None, reason: str) -> None:
         self._last_exit_wall = time.time()
         self.current_file = None
+        suppressed = _STDERR_LIMIT.pop_suppressed(self.camera.id)
+        if suppressed:
+            self.log.warning("ffmpeg_output_suppressed", count=suppressed)
         lasted = time.monotonic() - run.started
         tail = [mask_text(line, self._secrets) for line in list(run.stderr)[-8:]]
         if reason == "stopped":
@@ -313,7 +319,19 @@ class CameraSupervisor:
             if opened is not None:
                 self._segment_opened(run, opened)
             elif ffmpeg.stderr_level(line) and self.state == "recording":
-                self.log.warning("ffmpeg_output", line=mask_text(line, self._secrets))
+                self._forward_stderr(line)
+            else:
+                self.log.debug("ffmpeg_output", line=mask_text(line, self._secrets))
+
+    def _forward_stderr(self, line: str) -> None:
+        """Problems FFmpeg reports while recording, rate-limited so a broken camera cannot flood."""
+        decision = _STDERR_LIMIT.check(self.camera.id)
+        if decision.suppressed_before:
+            self.log.warning("ffmpeg_output_suppressed", count=decision.suppressed_before)
+        if decision.allowed:
+            self.log.warning("ffmpeg_output", line=mask_text(line, self._secrets))
+        else:
+            metrics.FFMPEG_OUTPUT_SUPPRESSED.labels(self.camera.id).inc()
 
     def _segment_opened(self, run: _Run, rel: str) -> None:
         path = str(self.root / self.camera.id / rel)
@@ -329,7 +347,11 @@ class CameraSupervisor:
             run.anchor = now - entry.end
         else:
             self._check_drift(run, entry, now)
-        start, end = run.anchor + entry.start, run.anchor + entry.end
+        # each segment starts exactly where the previous one of this run ended: FFmpeg's own start
+        # can sit a frame off the previous end (a packet's duration overhanging the cut)
+        start_stream = entry.start if run.last_end is None else run.last_end
+        start = run.anchor + start_stream
+        end = max(start, run.anchor + entry.end)
         try:
             size = os.stat(path).st_size
         except OSError:

@@ -61,3 +61,101 @@ def make_config(root: Path, cameras: list[dict[str, Any]], **extra: Any) -> Conf
 def write_config(path: Path, root: Path, cameras: list[dict[str, Any]], **extra: Any) -> Path:
     path.write_text(yaml.safe_dump(config_doc(root, cameras, **extra)))
     return path
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class DaemonProc:
+    """``recorderd run`` as a real subprocess, logging JSON lines to a file we can parse."""
+
+    def __init__(self, config_path: Path, root: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.config_path = config_path
+        self.root = root
+        self.log_path = log_path
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DaemonProc:
+        import os
+        import sys
+
+        env = dict(os.environ)
+        env.pop("JOURNAL_STREAM", None)
+        env.update(self.env or {})
+        fh = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "recorderd", "run", "--config", str(self.config_path),
+             "--log-format", "json", "--log-level", "debug"],
+            stdout=fh, stderr=subprocess.STDOUT, env=env)
+        fh.close()
+        return self
+
+    @property
+    def status_path(self) -> Path:
+        return self.root / ".recorderd" / "status.json"
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self.status_path.read_text())
+            return data
+        except (OSError, ValueError):
+            return None
+
+    def camera(self, cam_id: str) -> dict[str, Any] | None:
+        st = self.status()
+        if not st:
+            return None
+        for c in st["cameras"]:
+            if c["camera_id"] == cam_id:
+                return dict(c)
+        return None
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                ev = json.loads(line[line.index("{"):])
+            except ValueError:
+                continue
+            if name is None or ev.get("event") == name:
+                out.append(ev)
+        return out
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        import signal as _signal
+
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(_signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+async def fetch_segments(dsn: str, camera_id: str | None = None) -> list[dict[str, Any]]:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT camera_id, path, source, run_id::text AS run_id, seq, size_bytes, duration_seconds,"
+            " extract(epoch FROM start_time)::float8 AS start, extract(epoch FROM end_time)::float8 AS end"
+            " FROM segments WHERE $1::text IS NULL OR camera_id = $1 ORDER BY camera_id, start_time",
+            camera_id)
+    finally:
+        await conn.close()
+    return [dict(r) for r in rows]
+
+
+def disk_segments(root: Path) -> set[str]:
+    return {str(p) for p in root.glob("*/*/*.mp4")}

@@ -1,0 +1,189 @@
+"""One camera supervisor against a real RTSP camera and real FFmpeg, 2 s segments."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from util import camera_doc, ffprobe, ffprobe_duration, make_config, wait_until
+
+from recorderd.events import SegmentEvent
+from recorderd.layout import parse_segment_path
+from recorderd.probe import probe_duration
+from recorderd.supervisor import CameraSupervisor
+
+pytestmark = pytest.mark.integration
+
+
+class Rig:
+    """A supervisor running in the test's loop, with every event it emitted and every state seen."""
+
+    def __init__(self, root: Path, url: str, **cam: Any) -> None:
+        self.root = root
+        self.events: list[SegmentEvent] = []
+        self.states: list[tuple[float, str]] = []
+        config = make_config(root, [camera_doc("cam-1", url, **cam)])
+        self.sup = CameraSupervisor(config.cameras[0], root, self.events.append, probe=probe_duration)
+        self.task: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.sup.run())
+        self._watch = asyncio.create_task(self._track())
+
+    async def _track(self) -> None:
+        last = None
+        while True:
+            if self.sup.state != last:
+                last = self.sup.state
+                self.states.append((time.monotonic(), last))
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> float:
+        t0 = time.monotonic()
+        await self.sup.stop()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 15)
+        if self._watch:
+            self._watch.cancel()
+        return time.monotonic() - t0
+
+    def ffmpeg_events(self) -> list[SegmentEvent]:
+        return [e for e in self.events if e.source == "ffmpeg"]
+
+
+@pytest.fixture
+async def rig_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Rig]]:
+    rigs: list[Rig] = []
+
+    def make(url: str, **cam: Any) -> Rig:
+        rig = Rig(tmp_path / "rec", url, **cam)
+        rigs.append(rig)
+        return rig
+
+    yield make
+    for rig in rigs:
+        if rig.task and not rig.task.done():
+            await rig.stop()
+
+
+async def test_segments_appear_on_schedule_and_are_readable(shared_cam, rig_factory) -> None:  # type: ignore[no-untyped-def]
+    rig = rig_factory(shared_cam.url)
+    await rig.start()
+    await wait_until(lambda: len(rig.ffmpeg_events()) >= 4, 30, what="4 closed segments")
+    assert rig.sup.state == "recording"
+    elapsed = await rig.stop()
+    assert elapsed < 10
+
+    evs = rig.ffmpeg_events()
+    assert len({e.run_id for e in evs}) == 1
+    assert [e.seq for e in evs] == list(range(len(evs)))
+    for prev, nxt in zip(evs, evs[1:], strict=False):
+        assert nxt.start == prev.end  # tiles exactly within a run
+    for e in evs:
+        # layout: <root>/cam-1/<YYYY-MM-DD>/<HH-MM-SS>.mp4 with the UTC time the file was opened
+        parsed = parse_segment_path(rig.root, e.path)
+        assert parsed is not None and parsed[0] == "cam-1", e.path
+        if e.seq == 0:  # opened after FFmpeg probed the stream; holds the packets it probed
+            assert -8 < e.start - parsed[1] < 1.5, (e.path, e.start)
+        else:
+            assert abs(parsed[1] - e.start) < 1.5, (e.path, e.start)
+        assert os.path.getsize(e.path) == e.size_bytes > 0
+        info = ffprobe(e.path)
+        assert [s["codec_name"] for s in info["streams"]] == ["h264"]  # stream copy, never re-encoded
+    # after the first (which holds FFmpeg's probing), segments are cut at the first keyframe (1/s
+    # here) after each 2 s wall-clock boundary, and named by that boundary's second
+    for e in evs[1:-1]:
+        assert abs(e.duration - 2.0) < 0.25, e
+        named = parse_segment_path(rig.root, e.path)
+        assert named is not None and int(named[1]) % 2 == 0, e.path
+        assert -0.5 < e.start - named[1] < 1.5, (e.path, datetime.fromtimestamp(e.start, UTC))
+        assert abs(ffprobe_duration(e.path) - e.duration) < 0.3
+    # the run is anchored to the wall clock: the last segment ended about when we stopped
+    assert abs(evs[-1].end - time.time()) < 5
+
+
+async def test_killed_camera_goes_offline_and_recording_resumes(testcam_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
+    cam = testcam_factory()
+    rig = rig_factory(cam.url)
+    await rig.start()
+    await wait_until(lambda: rig.ffmpeg_events(), 30, what="first segment")
+    cam.kill()
+    await wait_until(lambda: rig.sup.state == "offline", 30, what="offline state")
+    await asyncio.sleep(3)  # stays offline, retrying
+    assert rig.sup.state == "offline"
+    runs_before = {e.run_id for e in rig.events}
+    back = time.monotonic()
+    cam.restart()
+    await wait_until(lambda: rig.sup.state == "recording", 30, what="recording again")
+    recovered_in = time.monotonic() - back
+    await wait_until(lambda: {e.run_id for e in rig.ffmpeg_events()} - runs_before, 30, what="new run segments")
+    assert recovered_in < 10, recovered_in
+    new_run = [e for e in rig.ffmpeg_events() if e.run_id not in runs_before]
+    old_last = max(e.end for e in rig.events if e.run_id in runs_before)
+    assert new_run[0].start > old_last  # the outage is a visible gap, not an overlap
+    assert rig.sup.restarts >= 2
+
+
+async def test_hung_camera_is_detected_and_recovered(testcam_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
+    cam = testcam_factory()
+    rig = rig_factory(cam.url, stall_seconds=4, timeout_seconds=60)  # only the stall check can notice
+    await rig.start()
+    await wait_until(lambda: rig.sup.state == "recording", 30, what="recording")
+    cam.hang()
+    try:
+        await wait_until(lambda: any(s == "stalled" for _, s in rig.states), 30, what="stalled state")
+    finally:
+        cam.resume()
+    n = len(rig.ffmpeg_events())
+    await wait_until(lambda: len(rig.ffmpeg_events()) >= n + 2, 60, what="segments after SIGCONT")
+    assert rig.sup.state == "recording"
+
+
+async def test_killed_ffmpeg_is_restarted_and_cut_segment_is_readable(testcam_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
+    cam = testcam_factory()
+    rig = rig_factory(cam.url, segment_seconds=30)  # long segments: the kill lands mid-segment
+    await rig.start()
+    await wait_until(lambda: rig.sup.state == "recording", 30, what="recording")
+    await asyncio.sleep(3)
+    pid = rig.sup.pid
+    assert pid is not None
+    cut_file = rig.sup.current_file
+    os.kill(pid, signal.SIGKILL)
+    recovered = await wait_until(lambda: [e for e in rig.events if e.source == "recovered"], 30,
+                                 what="the cut segment indexed")
+    assert recovered[0].path == cut_file
+    assert ffprobe_duration(cut_file) > 1.0  # fragments written before the kill are playable
+    assert abs(recovered[0].duration - ffprobe_duration(cut_file)) < 0.01
+    await wait_until(lambda: rig.sup.pid not in (None, pid) and rig.sup.state == "recording", 30,
+                     what="a new FFmpeg recording")
+    assert rig.sup.restarts == 1
+
+
+async def test_unreachable_camera_is_offline_not_a_crash(rig_factory) -> None:  # type: ignore[no-untyped-def]
+    from fixtures_cam import free_port
+
+    rig = rig_factory(f"rtsp://admin:pw-123@127.0.0.1:{free_port()}/stream")
+    await rig.start()
+    await wait_until(lambda: rig.sup.state == "offline", 20, what="offline")
+    await asyncio.sleep(2.5)
+    assert rig.sup.state == "offline" and not rig.task.done()  # type: ignore[union-attr]
+    assert rig.events == []
+
+
+@pytest.mark.parametrize(("audio", "codec"), [("aac", "aac"), ("alaw", "aac")])
+async def test_audio_copied_or_transcoded(testcam_factory, rig_factory, audio: str, codec: str) -> None:  # type: ignore[no-untyped-def]
+    cam = testcam_factory(audio=audio)
+    rig = rig_factory(cam.url)
+    await rig.start()
+    await wait_until(lambda: len(rig.ffmpeg_events()) >= 2, 40, what="segments with audio")
+    await rig.stop()
+    streams = {s["codec_type"]: s["codec_name"] for s in ffprobe(rig.ffmpeg_events()[-1].path)["streams"]}
+    assert streams == {"video": "h264", "audio": codec}
