@@ -1,0 +1,328 @@
+"""Real RTSP test cameras: ``scripts/testcam`` (gst-rtsp-server under the system python3).
+
+``TestCam`` starts one camera process on a free port and can take it offline (``kill``), bring it
+back on the same port (``restart``), or hang it (``hang``/``resume``, SIGSTOP/SIGCONT).
+
+Fixtures:
+
+* ``testcam_factory`` (function): ``testcam_factory(fps=5, audio="aac", user="u", password="p")``
+  returns a started ``TestCam``; everything it made is stopped at teardown.
+* ``shared_cam`` (session): one default camera (10 fps, keyframe every 10 frames = 1/s) for tests
+  that only need "a camera that works". Do not kill or hang it; use the factory for that.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TESTCAM = REPO / "scripts" / "testcam"
+# the camera needs python3-gi: Debian's python, not the venv's
+TESTCAM_PYTHON = os.environ.get("RECORDERD_TESTCAM_PYTHON", "/usr/bin/python3")
+
+# every camera process ever spawned and not yet reaped: killed at interpreter exit, whatever happened
+_procs: set[subprocess.Popen[bytes]] = set()
+_procs_lock = threading.Lock()  # tests drive cameras from worker threads too (asyncio.to_thread)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_accepts(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class TestCam:
+    """One ``scripts/testcam`` process serving ``rtsp://127.0.0.1:PORT/stream``."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, *, port: int | None = None, fps: int = 10, gop: int = 10, audio: str = "none",
+                 user: str | None = None, password: str | None = None, path: str = "/stream",
+                 width: int = 320, height: int = 240, bitrate: int = 256, pattern: str = "ball") -> None:
+        if audio not in ("none", "aac", "alaw"):
+            raise ValueError(f"audio must be none, aac or alaw, got {audio!r}")
+        self._fixed_port = port is not None
+        self.port = port if port is not None else free_port()
+        self.fps, self.gop, self.audio = fps, gop, audio
+        self.user, self.password = user, password
+        self.path = path if path.startswith("/") else "/" + path
+        self.width, self.height, self.bitrate, self.pattern = width, height, bitrate, pattern
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.hung = False
+        self.start_seconds = 0.0
+        self._stderr: Any = None
+        self._stdout: Any = None
+
+    # ------------------------------------------------------------------ URLs
+
+    @property
+    def url(self) -> str:
+        """The URL a recorder uses (with credentials when the camera requires them)."""
+        cred = ""
+        if self.user:
+            cred = quote(self.user, safe="") + ":" + quote(self.password or "", safe="") + "@"
+        return f"rtsp://{cred}127.0.0.1:{self.port}{self.path}"
+
+    @property
+    def url_without_credentials(self) -> str:
+        return f"rtsp://127.0.0.1:{self.port}{self.path}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _argv(self) -> list[str]:
+        argv = [TESTCAM_PYTHON, str(TESTCAM), "--port", str(self.port), "--path", self.path,
+                "--fps", str(self.fps), "--gop", str(self.gop), "--audio", self.audio,
+                "--width", str(self.width), "--height", str(self.height),
+                "--bitrate", str(self.bitrate), "--pattern", self.pattern]
+        if self.user:
+            argv += ["--user", self.user, "--password", self.password or ""]
+        return argv
+
+    def _stderr_text(self) -> str:
+        if self._stderr is None:
+            return ""
+        try:
+            self._stderr.seek(0)
+            data: bytes = self._stderr.read()
+            return data.decode(errors="replace").strip()
+        except (OSError, ValueError):
+            return ""
+
+    def _stdout_text(self) -> str:
+        if self._stdout is None:
+            return ""
+        try:
+            self._stdout.seek(0)
+            data: bytes = self._stdout.read()
+            return data.decode(errors="replace")
+        except (OSError, ValueError):
+            return ""
+
+    def _spawn_and_wait(self, timeout: float) -> tuple[bool, str]:
+        """Spawn; wait until it says it listens and the port accepts. ``(ok, error text)``."""
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")}
+        for f in (self._stderr, self._stdout):
+            if f is not None:
+                f.close()
+        self._stderr = tempfile.TemporaryFile()
+        self._stdout = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            self._argv(), stdin=subprocess.DEVNULL, stdout=self._stdout, stderr=self._stderr,
+            env=env, start_new_session=True,
+        )
+        with _procs_lock:
+            _procs.difference_update([p for p in _procs if p.returncode is not None])  # reaped ones
+            _procs.add(self.proc)
+        self.hung = False
+        ready_line = f"testcam: rtsp://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False, f"testcam exited {self.proc.returncode}: {self._stderr_text()}"
+            # the line is printed after the server socket is bound: port_accepts alone could be
+            # fooled by another process listening on the same port
+            if ready_line in self._stdout_text() and port_accepts(self.port):
+                return True, ""
+            time.sleep(0.05)
+        self._terminate()
+        return False, (f"testcam did not listen on 127.0.0.1:{self.port} within {timeout:.0f}s: "
+                       f"{self._stderr_text()}")
+
+    def start(self, timeout: float = 10) -> TestCam:
+        """Spawn the camera and wait until its TCP port accepts connections."""
+        if self.is_running:
+            return self
+        t0 = time.monotonic()
+        # a free port can be taken by someone else before the camera binds it: on a first start
+        # without a fixed port, try another one
+        attempts = 1 if self._fixed_port else 3
+        err = ""
+        for attempt in range(attempts):
+            ok, err = self._spawn_and_wait(timeout)
+            if ok:
+                self.start_seconds = time.monotonic() - t0
+                self._fixed_port = True  # from now on: same port (restart semantics)
+                return self
+            if "cannot listen" in err and attempt + 1 < attempts:
+                self.port = free_port()
+                continue
+            break
+        raise RuntimeError(err)
+
+    def restart(self, timeout: float = 10) -> TestCam:
+        """Start again on the same port (killing the current process first if there is one)."""
+        if self.is_running:
+            self.kill()
+        deadline = time.monotonic() + timeout
+        err = ""
+        while True:  # the old socket may linger briefly: retry a bind failure on the same port
+            ok, err = self._spawn_and_wait(max(1.0, deadline - time.monotonic()))
+            if ok:
+                return self
+            if "cannot listen" not in err or time.monotonic() >= deadline:
+                raise RuntimeError(err)
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL and reap: the camera vanishes mid-stream (no RTSP TEARDOWN)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.proc.kill()  # SIGKILL also ends a stopped process
+            except ProcessLookupError:
+                pass
+        self.proc.wait(timeout=10)
+        self.hung = False
+
+    def _proc_state(self) -> str:
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return "?"
+
+    def _wait_state(self, stopped: bool, timeout: float = 5) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (self._proc_state() in ("T", "t")) == stopped:
+                return
+            time.sleep(0.005)
+
+    def hang(self) -> None:
+        """SIGSTOP (returns once stopped): TCP connections stay open, nothing more arrives."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError("testcam is not running")
+        self.proc.send_signal(signal.SIGSTOP)
+        self.hung = True
+        self._wait_state(stopped=True)
+
+    def resume(self) -> None:
+        """SIGCONT (returns once running again)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self._wait_state(stopped=False)
+        self.hung = False
+
+    def _terminate(self, grace: float = 5) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGCONT)
+                self.proc.terminate()
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+        self.hung = False
+
+    def stop(self) -> None:
+        """SIGTERM (after SIGCONT if hung), SIGKILL after 5 s."""
+        self._terminate()
+        for f in (self._stderr, self._stdout):
+            if f is not None:
+                f.close()
+        self._stderr = self._stdout = None
+
+    @property
+    def stderr(self) -> str:
+        return self._stderr_text()
+
+    def __enter__(self) -> TestCam:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"TestCam({self.url_without_credentials}, pid={self.pid}, running={self.is_running})"
+
+
+def _kill_all() -> None:
+    with _procs_lock:
+        procs = list(_procs)
+    for proc in procs:
+        try:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)
+        except Exception:
+            pass
+
+
+atexit.register(_kill_all)
+
+
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # a SIGTERMed pytest would otherwise die without teardown or atexit, leaving cameras and the
+    # PostgreSQL cluster running: treat it like Ctrl-C so that fixtures clean up
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+
+
+# ---------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def testcam_factory() -> Iterator[Callable[..., TestCam]]:
+    made: list[TestCam] = []
+
+    def make(**opts: Any) -> TestCam:
+        cam = TestCam(**opts)
+        made.append(cam)
+        return cam.start()
+
+    yield make
+    for cam in made:
+        try:
+            cam.stop()
+        except Exception:
+            cam.kill()
+
+
+@pytest.fixture(scope="session")
+def shared_cam() -> Iterator[TestCam]:
+    cam = TestCam(fps=10, gop=10)
+    cam.start()
+    try:
+        yield cam
+    finally:
+        cam.stop()
