@@ -7,6 +7,7 @@ diffs it against the running one (see ``diff_cameras``).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -17,9 +18,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from recorderd.masking import mask_url
+from recorderd.masking import mask_text, mask_url, secrets_of
 
-CAMERA_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+CAMERA_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 AUDIO_MODES = ("auto", "copy", "aac", "off")
 DEFAULT_PLANS: Mapping[str, int] = {"basic": 7, "pro": 15, "premium": 30}
 
@@ -186,6 +187,9 @@ def _number(value: Any, path: str, errs: _Errors, *, integer: bool, minimum: flo
     if isinstance(value, bool) or not isinstance(value, ok_types) or not isinstance(value, int | float):
         errs.add(path, f"must be {'an integer' if integer else 'a number'}, got {_kind(value)}")
         return None
+    if not math.isfinite(value):
+        errs.add(path, f"must be a finite number, got {value}")
+        return None
     if positive and value <= 0:
         errs.add(path, f"must be positive, got {value}")
         return None
@@ -217,7 +221,7 @@ def _check_url(url: str, path: str, errs: _Errors) -> None:
         parts = urlsplit(url)
         _ = parts.port  # raises on a non-numeric port
     except ValueError as exc:
-        errs.add(path, f"is not a valid URL ({exc}): {mask_url(url)}")
+        errs.add(path, f"is not a valid URL ({mask_text(str(exc), secrets_of(url))}): {mask_url(url)}")
         return
     if parts.scheme not in ("rtsp", "rtsps", "rtmp", "http", "https", "srt", "udp", "file"):
         errs.add(path, f"unsupported scheme {parts.scheme!r} (expected rtsp://...): {mask_url(url)}")
@@ -296,7 +300,7 @@ def parse_config(data: Any, source: str = "") -> Config:
         else:
             for name, body in raw_plans.items():
                 p = f"plans.{name}"
-                if not isinstance(name, str) or not CAMERA_ID_RE.match(name):
+                if not isinstance(name, str) or not CAMERA_ID_RE.match(name):  # \Z: no trailing newline
                     errs.add(p, "plan names use letters, digits, '_' and '-'")
                     continue
                 b = _mapping(body, p, errs, {"retention_days"})

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from recorderd.config import CAMERA_ID_RE
 
-DAY_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
-FILE_RE = re.compile(r"^(\d{2})-(\d{2})-(\d{2})\.mp4$")
+DAY_RE = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})\Z")
+FILE_RE = re.compile(r"^([0-9]{2})-([0-9]{2})-([0-9]{2})\.mp4\Z")
 FFMPEG_PATTERN = "%Y-%m-%d/%H-%M-%S.mp4"  # relative to the camera directory; FFmpeg runs with TZ=UTC
 STATE_DIR = ".recorderd"  # under the root; camera ids cannot start with '.'
 

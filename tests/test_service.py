@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
-
 from fixtures_cam import free_port
+from prometheus_client.parser import text_string_to_metric_families
 from util import DaemonProc, camera_doc, config_doc, fetch_segments, wait_until
 
 pytestmark = pytest.mark.integration
