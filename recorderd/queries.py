@@ -1,0 +1,90 @@
+"""Every SQL statement recorderd runs against the index, in one place so the schema and its users
+can be read side by side (the schema itself is in ``sql/migrations``)."""
+
+from __future__ import annotations
+
+# One round trip per batch, whatever its size: arrays in, one row per written segment out.
+# A row is only replaced by a better source (events.SOURCE_RANK), so re-indexing is idempotent.
+UPSERT_SEGMENTS = """
+INSERT INTO segments AS s
+    (camera_id, start_time, end_time, duration_seconds, size_bytes, path, run_id, seq, source, source_rank)
+SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::float8[], $5::int8[],
+                     $6::text[], $7::uuid[], $8::int4[], $9::text[], $10::int2[])
+ON CONFLICT (path) DO UPDATE SET
+    camera_id = EXCLUDED.camera_id, start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time,
+    duration_seconds = EXCLUDED.duration_seconds, size_bytes = EXCLUDED.size_bytes,
+    run_id = EXCLUDED.run_id, seq = EXCLUDED.seq, source = EXCLUDED.source,
+    source_rank = EXCLUDED.source_rank, indexed_at = now()
+WHERE s.source_rank < EXCLUDED.source_rank
+RETURNING s.source
+"""
+
+UPSERT_CAMERAS = """
+INSERT INTO cameras AS c (id, name, tenant, plan, retention_days, max_bytes, enabled, in_config)
+SELECT u.*, true FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int8[],
+                             $7::bool[]) AS u
+ON CONFLICT (id) DO UPDATE SET
+    name = EXCLUDED.name, tenant = EXCLUDED.tenant, plan = EXCLUDED.plan,
+    retention_days = EXCLUDED.retention_days, max_bytes = EXCLUDED.max_bytes,
+    enabled = EXCLUDED.enabled, in_config = true, updated_at = now()
+WHERE (c.name, c.tenant, c.plan, c.retention_days, c.max_bytes, c.enabled, c.in_config)
+      IS DISTINCT FROM
+      (EXCLUDED.name, EXCLUDED.tenant, EXCLUDED.plan, EXCLUDED.retention_days, EXCLUDED.max_bytes,
+       EXCLUDED.enabled, true)
+"""
+
+# Cameras that left cameras.yaml keep their row (and footage) but are flagged.
+MARK_REMOVED_CAMERAS = """
+UPDATE cameras SET in_config = false, updated_at = now()
+WHERE in_config AND NOT (id = ANY($1::text[]))
+"""
+
+# Distinct camera ids without reading every row: a loose index scan on segments_camera_start.
+SEGMENT_CAMERAS = """
+WITH RECURSIVE c(id) AS (
+    (SELECT camera_id FROM segments ORDER BY camera_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT camera_id FROM segments WHERE camera_id > c.id ORDER BY camera_id LIMIT 1)
+    FROM c WHERE c.id IS NOT NULL
+)
+SELECT id FROM c WHERE id IS NOT NULL
+"""
+
+CAMERA_PATHS = "SELECT path, deleting FROM segments WHERE camera_id = $1"
+
+DELETE_MISSING = """
+DELETE FROM segments WHERE path = ANY($1::text[]) AND NOT deleting
+"""
+
+EXISTING_PATHS = "SELECT path FROM segments WHERE path = ANY($1::text[])"
+
+_SEGMENT_COLUMNS = """id, camera_id, start_time, end_time, duration_seconds, size_bytes, path, source,
+       run_id, seq"""
+
+# Overlap with [$2, $3): start < to AND end > from. The extra lower bound on start_time (from minus
+# the camera's longest segment, one probe of segments_camera_duration) keeps the scan of
+# segments_camera_start to the range asked for instead of the camera's whole history.
+SEARCH = f"""
+SELECT {_SEGMENT_COLUMNS}
+FROM segments
+WHERE camera_id = $1 AND NOT deleting
+  AND start_time < $3 AND end_time > $2
+  AND start_time >= $2 - make_interval(secs => 1 + coalesce(
+        (SELECT max(duration_seconds) FROM segments WHERE camera_id = $1), 0))
+ORDER BY start_time, end_time, id
+"""
+
+CAMERA_HAS_SEGMENTS = "SELECT EXISTS (SELECT 1 FROM segments WHERE camera_id = $1)"
+
+# Per-camera totals for status and storage; LEFT JOIN so cameras removed from the config still show.
+CAMERA_TOTALS = """
+SELECT s.camera_id, count(*) AS segments, coalesce(sum(s.size_bytes), 0)::bigint AS bytes,
+       min(s.start_time) AS oldest, max(s.end_time) AS newest,
+       c.tenant, c.plan, c.in_config
+FROM segments s LEFT JOIN cameras c ON c.id = s.camera_id
+WHERE NOT s.deleting
+GROUP BY s.camera_id, c.tenant, c.plan, c.in_config
+ORDER BY s.camera_id
+"""
+
+CAMERAS = "SELECT id, name, tenant, plan, retention_days, max_bytes, enabled, in_config FROM cameras"
