@@ -1,0 +1,487 @@
+"""Segment index writer: recording hands finished segments to ``submit`` and never waits on it.
+
+One writer task drains an in-memory queue into PostgreSQL, one round trip per batch, as soon as rows
+are there (no timer: a busy box gets big batches, a quiet one gets low lag). While the database is
+away rows wait in memory up to ``database.pending_max_rows``; beyond that the oldest are dropped and
+a full reconcile is owed, since every file is still on disk. Every (re)connect migrates, mirrors the
+cameras from the config, and reconciles the storage root against the index (Reconciler in
+watcher.py), so the index converges on what is on disk whatever crashed in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from recorderd import metrics, queries
+from recorderd.config import Config
+from recorderd.db import Database, DatabaseUnavailable
+from recorderd.events import SOURCE_RANK, SegmentEvent
+from recorderd.logging import get_logger
+from recorderd.probe import FoundFile, probe_duration, start_time
+from recorderd.watcher import Reconciler, Watcher
+
+log = get_logger(component="indexer")
+
+BACKOFF_MIN = 1.0
+BACKOFF_MAX = 30.0
+PING_SECONDS = 10.0
+RECENT_MAX = 50_000  # committed paths remembered so the watcher skips them with a set lookup
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+LAG_SOURCES = ("ffmpeg", "recovered")  # rows found on disk have no meaningful "closed at"
+
+CurrentFiles = Callable[[], set[str]]
+ProbeFn = Callable[[str], Awaitable[float | None]]
+
+
+def _no_files() -> set[str]:
+    return set()
+
+
+class Indexer:
+    """Owns the database connection state, the pending queue, reconcile and the watcher.
+
+    Call ``submit`` from the event loop thread; run ``await run()`` as a core task; call
+    ``update_config`` after a reload and ``await close(timeout)`` at shutdown.
+    """
+
+    def __init__(self, config: Config, database: Database | None = None, *,
+                 current_files: CurrentFiles | None = None, watch: bool = True,
+                 probe: ProbeFn = probe_duration) -> None:
+        self._config = config
+        self.current_files: CurrentFiles = current_files or _no_files
+        self._owns_database = database is None  # a shared Database is closed by its owner
+        self.database = database if database is not None else Database(config.database_dsn())
+        self._watch = watch
+        self._probe = probe
+        self._pending: OrderedDict[str, SegmentEvent] = OrderedDict()
+        self._inflight: dict[str, SegmentEvent] = {}
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._running = False
+        self._cameras_dirty = True
+        self._reconcile_owed = False
+        self._dropping = False  # inside an episode of dropped rows (logged once)
+        self._reconcile_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._run_uuid_cache: tuple[str, str] | None = None
+        self._run_task: asyncio.Task[Any] | None = None
+        self._close_deadline = 0.0
+        self.reconciler = Reconciler(self)
+        # test/benchmark hook: called with (events, commit_time) after each committed batch
+        self.commit_hook: Callable[[list[SegmentEvent], float], None] | None = None
+
+    # ----------------------------------------------------------------- public API
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending) + len(self._inflight)
+
+    @property
+    def database_up(self) -> bool:
+        return self.database.up
+
+    def submit(self, event: SegmentEvent) -> None:
+        """Queue a finished segment. Never blocks, never raises: a bad event is logged and dropped."""
+        try:
+            ev = self._validate(event)
+            if ev is None:
+                return
+            old = self._pending.get(ev.path)
+            if old is not None and SOURCE_RANK[old.source] > SOURCE_RANK[ev.source]:
+                return
+            self._pending[ev.path] = ev
+            limit = self._config.database.pending_max_rows
+            while len(self._pending) > limit:
+                self._pending.popitem(last=False)
+                metrics.INDEX_DROPPED.inc()
+                self._reconcile_owed = True
+                if not self._dropping:
+                    self._dropping = True
+                    log.warning("index_rows_dropped", limit=limit, reason="pending queue full")
+            metrics.INDEX_PENDING.set(len(self._pending) + len(self._inflight))
+            self._wake.set()
+        except Exception as exc:  # a programming error must still not stop recording
+            log.error("segment_rejected", reason=repr(exc)[:200])
+
+    def update_config(self, config: Config) -> None:
+        """After a live reload: the cameras table is re-mirrored by the writer (never blocks)."""
+        self._config = config
+        self._cameras_dirty = True
+        self._wake.set()
+
+    def is_known(self, path: str) -> bool:
+        """Pending, being written, or committed lately: the watcher's per-event set lookups."""
+        return path in self._pending or path in self._inflight or path in self._recent
+
+    async def run(self) -> None:
+        """Connect (with backoff), migrate, write batches, reconcile, watch; until ``close``."""
+        if self._running:
+            raise RuntimeError("Indexer.run() is already running")
+        self._running = True
+        self._run_task = asyncio.current_task()
+        self._stopped.clear()
+        self.database.on_down.append(self._wake.set)
+        if self._watch:
+            self._watch_task = asyncio.create_task(self._run_watcher(), name="index-watcher")
+        try:
+            await self._main_loop()
+        except asyncio.CancelledError:
+            if not self._closing.is_set():
+                raise
+            task = asyncio.current_task()  # cancelled by close() after its timeout: a clean stop
+            if task is not None:
+                task.uncancel()
+        finally:
+            self.database.on_down.remove(self._wake.set)
+            await self._cancel_helpers()
+            self._running = False
+            self._stopped.set()
+
+    async def close(self, timeout: float) -> None:
+        """Write what is pending within ``timeout`` seconds, then close connections.
+
+        Rows still pending afterwards are not lost for good: their files are on disk and the next
+        start's reconcile indexes them.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        self._close_deadline = deadline
+        self._closing.set()
+        self._wake.set()
+        if self._running:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._stopped.wait()),
+                                       max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                if self._run_task is not None:
+                    self._run_task.cancel()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), 2.0)
+        else:
+            await self._flush(deadline)
+        await self._cancel_helpers()
+        if self.pending_count:
+            log.warning("index_pending_unwritten", count=self.pending_count,
+                        reason="shutdown timeout; reconcile at next start indexes them")
+        if self._owns_database:
+            await self.database.close()
+
+    async def reconcile(self) -> None:
+        """Compare the storage root with the index now (normally done at every connect)."""
+        await self.reconciler.run()
+
+    # ----------------------------------------------------------------- writer loop
+
+    async def _main_loop(self) -> None:
+        backoff = BACKOFF_MIN
+        while True:
+            if self._closing.is_set():
+                await self._flush(self._close_deadline)
+                return
+            self._wake.clear()
+            if not self.database.up:
+                if not await self._connect():
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+                backoff = BACKOFF_MIN
+            if self._pending:
+                await self._write_batch()
+                continue
+            if self._cameras_dirty:
+                await self._sync_cameras()
+                continue
+            if self._reconcile_owed and not self._reconciling:
+                self._start_reconcile()
+            try:
+                await asyncio.wait_for(self._wake.wait(), PING_SECONDS)
+            except TimeoutError:
+                await self.database.ping()
+
+    async def _connect(self) -> bool:
+        try:
+            await self.database.connect()
+        except DatabaseUnavailable:
+            return False
+        self._cameras_dirty = True
+        await self._sync_cameras()
+        if self.database.up:
+            self._start_reconcile()
+        return self.database.up
+
+    async def _sleep(self, seconds: float) -> None:
+        """Backoff that a shutdown interrupts."""
+        try:
+            await asyncio.wait_for(self._closing.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _flush(self, deadline: float) -> None:
+        """Shutdown: write pending rows while there is time; at most one reconnect attempt."""
+        tried_connect = False
+        while self._pending and time.monotonic() < deadline:
+            if not self.database.up:
+                if tried_connect:
+                    return
+                tried_connect = True
+                try:
+                    await asyncio.wait_for(self.database.connect(), max(0.1, deadline - time.monotonic()))
+                except (DatabaseUnavailable, TimeoutError):
+                    return
+            try:
+                await asyncio.wait_for(self._write_batch(), max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                return
+
+    async def _write_batch(self) -> None:
+        n = min(len(self._pending), self._config.database.batch_max_rows)
+        batch = [self._pending.popitem(last=False)[1] for _ in range(n)]
+        for ev in batch:
+            self._inflight[ev.path] = ev
+        written: list[str] = []
+        ok = False
+        try:
+            async with self.database.acquire() as conn:
+                written = await self._insert(conn, batch)
+            ok = True
+        except DatabaseUnavailable:
+            pass
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # a row the server refuses must not block the queue: isolate it, write the rest
+            log.error("index_batch_failed", count=len(batch), reason=str(exc)[:200])
+            written, ok = await self._insert_one_by_one(batch), True
+        finally:
+            for ev in batch:
+                self._inflight.pop(ev.path, None)
+            if not ok:
+                self._requeue(batch)
+            metrics.INDEX_PENDING.set(self.pending_count)
+        if ok:
+            self._committed(batch, written)
+
+    async def _insert(self, conn: asyncpg.Connection, batch: list[SegmentEvent]) -> list[str]:
+        rows = await conn.fetch(queries.UPSERT_SEGMENTS, *segment_arrays(batch))
+        return [r[0] for r in rows]
+
+    async def _insert_one_by_one(self, batch: list[SegmentEvent]) -> list[str]:
+        written: list[str] = []
+        for ev in batch:
+            try:
+                async with self.database.acquire() as conn:
+                    written += await self._insert(conn, [ev])
+            except DatabaseUnavailable:
+                self._requeue([ev])
+            except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.error("segment_rejected", path=ev.path, reason=str(exc)[:200])
+        return written
+
+    def _requeue(self, batch: list[SegmentEvent]) -> None:
+        """Failed rows go back in front, in order; a newer submit of the same path wins."""
+        for ev in reversed(batch):
+            newer = self._pending.get(ev.path)
+            if newer is not None and SOURCE_RANK[newer.source] >= SOURCE_RANK[ev.source]:
+                continue
+            self._pending[ev.path] = ev
+            self._pending.move_to_end(ev.path, last=False)
+        limit = self._config.database.pending_max_rows
+        while len(self._pending) > limit:
+            self._pending.popitem(last=False)
+            metrics.INDEX_DROPPED.inc()
+            self._reconcile_owed = True
+
+    def _committed(self, batch: list[SegmentEvent], written_sources: list[str]) -> None:
+        now = time.time()
+        lag_max = 0.0
+        for ev in batch:
+            if ev.source in LAG_SOURCES:
+                lag = now - ev.closed_at
+                metrics.INDEX_LAG.observe(lag)
+                lag_max = max(lag_max, lag)
+            self._remember(ev.path)
+        for source, count in Counter(written_sources).items():
+            metrics.INDEXED_ROWS.labels(source).inc(count)
+        if not self._pending and self._dropping:
+            self._dropping = False
+        log.debug("segment_indexed", count=len(batch), written=len(written_sources),
+                  lag=round(lag_max, 4), pending=self.pending_count)
+        if self.commit_hook is not None:
+            self.commit_hook(batch, now)
+
+    def _remember(self, path: str) -> None:
+        self._recent[path] = None
+        if len(self._recent) > RECENT_MAX:
+            self._recent.popitem(last=False)
+
+    # ----------------------------------------------------------------- cameras, reconcile, watcher
+
+    async def _sync_cameras(self) -> None:
+        """Mirror the config's cameras into the cameras table (and flag those that left it)."""
+        self._cameras_dirty = False
+        cams = self._config.cameras
+        try:
+            async with self.database.acquire() as conn, conn.transaction():
+                await conn.execute(queries.UPSERT_CAMERAS, [c.id for c in cams], [c.name for c in cams],
+                                   [c.tenant for c in cams], [c.plan for c in cams],
+                                   [c.retention_days for c in cams], [c.max_bytes for c in cams],
+                                   [c.enabled for c in cams])
+                await conn.execute(queries.MARK_REMOVED_CAMERAS, [c.id for c in cams])
+        except DatabaseUnavailable:
+            self._cameras_dirty = True
+        except asyncpg.PostgresError as exc:
+            log.error("cameras_sync_failed", reason=str(exc)[:200])
+
+    @property
+    def _reconciling(self) -> bool:
+        return self._reconcile_task is not None and not self._reconcile_task.done()
+
+    def _start_reconcile(self) -> None:
+        if self._reconciling or self._closing.is_set():
+            self._reconcile_owed = True
+            return
+        self._reconcile_owed = False
+        self._reconcile_task = asyncio.create_task(self._reconcile_guarded(), name="index-reconcile")
+
+    async def _reconcile_guarded(self) -> None:
+        try:
+            stats = await self.reconciler.run()
+            if stats.fresh:
+                await self.reconciler.settle_fresh(stats.fresh)
+        except DatabaseUnavailable:
+            self._reconcile_owed = True  # the next connect starts it again anyway
+        except Exception as exc:  # a bad file tree or statement: say so, keep recording and indexing
+            log.error("reconcile_failed", reason=repr(exc)[:200])
+
+    async def _run_watcher(self) -> None:
+        watcher = Watcher(self._config.storage.root, current_files=self.current_files,
+                          is_known=self.is_known, on_settled=self.index_found)
+        await watcher.run()
+
+    async def index_found(self, files: list[FoundFile], source: str = "watch") -> int:
+        """Probe files found on disk and index them as ``source`` rows; returns how many.
+
+        Watcher finds go through the pending queue like any event; reconcile writes its chunk
+        directly (raising ``DatabaseUnavailable``) so a huge backlog cannot overflow the queue.
+        Files the database already has are skipped without probing when it can tell.
+        """
+        todo = [f for f in files if not self.is_known(f.path)]
+        if not todo:
+            return 0
+        try:
+            async with self.database.acquire() as conn:
+                existing = {r[0] for r in await conn.fetch(queries.EXISTING_PATHS, [f.path for f in todo])}
+            todo = [f for f in todo if f.path not in existing]
+        except DatabaseUnavailable:
+            if source == "reconcile":
+                raise
+            # a lower-ranked duplicate is harmless: the upsert keeps the better row
+        results = await asyncio.gather(*(self._probe(f.path) for f in todo))
+        now = time.time()
+        events: list[SegmentEvent] = []
+        for found, duration in zip(todo, results, strict=True):
+            if duration is None:
+                self.reconciler.unreadable(found)
+                continue
+            start = start_time(found, duration)
+            ev = self._validate(SegmentEvent(
+                camera_id=found.camera_id, path=found.path, start=start, end=start + duration,
+                size_bytes=found.size, run_id=None, seq=None, source=source, closed_at=now))
+            if ev is not None and not self.is_known(ev.path):
+                events.append(ev)
+        if source != "reconcile":
+            for ev in events:
+                self.submit(ev)
+        elif events:
+            async with self.database.acquire() as conn:
+                written = await self._insert(conn, events)
+            self._committed(events, written)
+        return len(events)
+
+    async def _cancel_helpers(self) -> None:
+        tasks = [t for t in (self._reconcile_task, self._watch_task) if t is not None and not t.done()]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    # ----------------------------------------------------------------- validation
+
+    def _validate(self, ev: SegmentEvent) -> SegmentEvent | None:
+        """Refuse what PostgreSQL would refuse, so one bad event can never poison a batch."""
+        reason = None
+        if type(ev.path) is not str or not ev.path.startswith("/"):
+            reason = "path must be absolute"
+        elif type(ev.camera_id) is not str or not ev.camera_id:
+            reason = "camera_id missing"
+        elif ev.source not in SOURCE_RANK:
+            reason = f"unknown source {ev.source!r}"
+        elif not (_finite(ev.start) and _finite(ev.end) and _finite(ev.closed_at)):
+            reason = "non-finite time"
+        elif ev.end < ev.start:
+            reason = "end before start"
+        elif type(ev.size_bytes) is not int or not 0 <= ev.size_bytes <= INT64_MAX:
+            reason = "bad size_bytes"
+        elif ev.seq is not None and (type(ev.seq) is not int or not 0 <= ev.seq <= INT32_MAX):
+            reason = "bad seq"
+        if reason is not None:
+            log.error("segment_rejected", path=str(ev.path), reason=reason)
+            return None
+        if ev.run_id is None:
+            return ev
+        cached = self._run_uuid_cache
+        if cached is not None and cached[0] == ev.run_id:
+            norm = cached[1]
+        else:
+            try:
+                norm = str(uuid.UUID(ev.run_id))
+            except (ValueError, TypeError, AttributeError):
+                log.warning("segment_rejected", path=ev.path, reason="run_id is not a UUID; stored as NULL")
+                norm = ""
+            self._run_uuid_cache = (ev.run_id, norm)
+        if norm == ev.run_id:
+            return ev
+        return SegmentEvent(ev.camera_id, ev.path, ev.start, ev.end, ev.size_bytes, norm or None, ev.seq,
+                            ev.source, ev.closed_at)
+
+
+def _finite(x: object) -> bool:
+    return (type(x) is float or type(x) is int) and math.isfinite(x)
+
+
+def to_datetime(epoch: float) -> datetime:
+    """Same rounding as layout.iso, to the microsecond PostgreSQL keeps."""
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def segment_arrays(batch: list[SegmentEvent]) -> tuple[list[Any], ...]:
+    """Column arrays for queries.UPSERT_SEGMENTS."""
+    return (
+        [e.camera_id for e in batch],
+        [to_datetime(e.start) for e in batch],
+        [to_datetime(e.end) for e in batch],
+        [round(e.end - e.start, 6) for e in batch],
+        [e.size_bytes for e in batch],
+        [e.path for e in batch],
+        [e.run_id for e in batch],
+        [e.seq for e in batch],
+        [e.source for e in batch],
+        [SOURCE_RANK[e.source] for e in batch],
+    )

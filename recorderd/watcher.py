@@ -1,0 +1,364 @@
+"""Segment files on disk that the index does not know about: found by a full reconcile at every
+database connect, and by watching the storage root in between.
+
+Both exist because the completion event is not the only way a file appears: FFmpeg or the daemon may
+die between closing a file and indexing it, rows may be dropped from memory during a long outage, and
+operators copy or move footage in by hand. Files are the truth; the index converges on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from watchfiles import Change, awatch
+
+from recorderd import layout, queries
+from recorderd.config import CAMERA_ID_RE
+from recorderd.logging import get_logger
+from recorderd.probe import FoundFile
+
+if TYPE_CHECKING:
+    from recorderd.config import Config
+    from recorderd.db import Database
+
+log = get_logger(component="watcher")
+
+SETTLE_SECONDS = 5.0  # a file untouched this long (and not open by FFmpeg) is finished
+PROBE_CHUNK = 256  # reconcile probes and writes orphans in chunks: progress survives an outage
+RECHECK_ROUNDS = 60  # files still changing after this many settle periods are left to the watcher
+SUSPICIOUS_MIN_ROWS = 100
+SUSPICIOUS_MISSING_RATIO = 0.9
+
+
+class IndexSide(Protocol):
+    """What reconcile and the watcher need from the Indexer (kept abstract to avoid an import cycle)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def database(self) -> Database: ...
+    def current_files(self) -> set[str]: ...
+    def is_known(self, path: str) -> bool: ...
+    async def index_found(self, files: list[FoundFile], source: str = ...) -> int: ...
+
+
+# --------------------------------------------------------------------------- scanning (in threads)
+
+
+def list_camera_dirs(root: Path) -> list[str]:
+    """Camera ids that have a directory under the root (``.recorderd`` and strays ignored)."""
+    try:
+        with os.scandir(root) as it:
+            return sorted(e.name for e in it
+                          if CAMERA_ID_RE.match(e.name) and e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return []
+
+
+def scan_camera(root: Path, camera_id: str) -> dict[str, FoundFile]:
+    """Every layout-conforming segment of one camera: one scandir per day directory, one stat per file."""
+    out: dict[str, FoundFile] = {}
+    cam_dir = os.path.join(str(root), camera_id)
+    try:
+        days = [e for e in os.scandir(cam_dir) if e.is_dir(follow_symlinks=False)
+                and layout.DAY_RE.match(e.name)]
+    except (FileNotFoundError, NotADirectoryError):
+        return out
+    for day in days:
+        try:
+            entries = list(os.scandir(day.path))
+        except OSError:
+            continue
+        for e in entries:
+            if not layout.FILE_RE.match(e.name):
+                continue
+            found = _found(root, e.path, e)
+            if found is not None:
+                out[found.path] = found
+    return out
+
+
+def _found(root: Path, path: str, entry: os.DirEntry[str] | None = None) -> FoundFile | None:
+    parsed = layout.parse_segment_path(root, path)
+    if parsed is None:
+        return None
+    try:
+        st = entry.stat(follow_symlinks=False) if entry is not None else os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return FoundFile(path=path, camera_id=parsed[0], path_time=parsed[1], mtime=st.st_mtime, size=st.st_size)
+
+
+def stat_found(root: Path, paths: list[str]) -> list[FoundFile]:
+    return [f for f in (_found(root, p) for p in paths) if f is not None]
+
+
+def scan_tree(root: Path, top: str) -> list[str]:
+    """``.mp4`` files under a directory moved into the root (inotify reports only the directory)."""
+    out: list[str] = []
+    for dirpath, _dirs, files in os.walk(top):
+        out += [os.path.join(dirpath, f) for f in files if f.endswith(".mp4")]
+    return out
+
+
+# --------------------------------------------------------------------------- reconcile
+
+
+@dataclass(slots=True)
+class ReconcileStats:
+    cameras: int = 0
+    files: int = 0
+    orphans: int = 0
+    indexed: int = 0
+    missing_deleted: int = 0
+    unreadable: int = 0
+    skipped_busy: int = 0
+    seconds: float = 0.0
+    missing_by_camera: dict[str, int] = field(default_factory=dict)
+    fresh: list[FoundFile] = field(default_factory=list)  # too recent to judge: see settle_fresh()
+
+
+class Reconciler:
+    """Storage root vs index: orphan files get probed and indexed, rows of vanished files deleted.
+
+    Per camera: its paths in one query, its directory in one thread walk, then set differences, so
+    a root of 100k+ files costs a few seconds, not a query per file.
+    """
+
+    def __init__(self, index: IndexSide) -> None:
+        self._ix = index
+        self._unreadable: set[tuple[str, int, float]] = set()
+        self.last: ReconcileStats | None = None
+
+    def unreadable(self, found: FoundFile) -> None:
+        """Log an unprobeable file once (per size/mtime); it is skipped, never deleted."""
+        key = (found.path, found.size, found.mtime)
+        if key not in self._unreadable:
+            self._unreadable.add(key)
+            log.warning("segment_unreadable", path=found.path, size=found.size)
+
+    def is_unreadable(self, found: FoundFile) -> bool:
+        return (found.path, found.size, found.mtime) in self._unreadable
+
+    async def run(self) -> ReconcileStats:
+        """One full pass; raises ``DatabaseUnavailable`` if the database goes away meanwhile."""
+        ix = self._ix
+        root = ix.config.storage.root
+        stats = ReconcileStats()
+        t0 = time.monotonic()
+        if not await asyncio.to_thread(os.path.isdir, root):
+            log.warning("reconcile_skipped", root=str(root), reason="storage root missing")
+            return stats
+        async with ix.database.acquire() as conn:
+            db_cams = {r[0] for r in await conn.fetch(queries.SEGMENT_CAMERAS)}
+        disk_cams = set(await asyncio.to_thread(list_camera_dirs, root))
+        for cam in sorted(db_cams | disk_cams):
+            await self._camera(root, cam, stats)
+        stats.cameras = len(db_cams | disk_cams)
+        stats.seconds = round(time.monotonic() - t0, 3)
+        self.last = stats
+        log.info("reconcile_done", cameras=stats.cameras, files=stats.files, indexed=stats.indexed,
+                 missing=stats.missing_deleted, unreadable=stats.unreadable, seconds=stats.seconds)
+        return stats
+
+    async def settle_fresh(self, fresh: list[FoundFile]) -> int:
+        """Files a pass skipped as just modified: index them once they have settled.
+
+        Without this the segment cut by a SIGKILL is only found at the next reconnect, because
+        nothing writes it again and the watcher therefore never hears of it.
+        """
+        ix = self._ix
+        waiting = [f.path for f in fresh]
+        indexed = 0
+        for _ in range(RECHECK_ROUNDS):
+            if not waiting:
+                break
+            await asyncio.sleep(SETTLE_SECONDS)
+            found = await asyncio.to_thread(stat_found, ix.config.storage.root, waiting)
+            busy = ix.current_files()
+            settled_before = time.time() - SETTLE_SECONDS
+            live = [f for f in found if f.path not in busy and not ix.is_known(f.path)]
+            ready = [f for f in live if f.mtime <= settled_before and not self.is_unreadable(f)]
+            waiting = [f.path for f in live if f.mtime > settled_before]
+            if ready:
+                indexed += await ix.index_found(ready, source="reconcile")
+        return indexed
+
+    async def _camera(self, root: Path, cam: str, stats: ReconcileStats) -> None:
+        ix = self._ix
+        # rows first, files second: a row committed after this query has a file we will see
+        async with ix.database.acquire() as conn:
+            rows = await conn.fetch(queries.CAMERA_PATHS, cam)
+        indexed = {r[0] for r in rows}
+        files = await asyncio.to_thread(scan_camera, root, cam)
+        stats.files += len(files)
+        busy = ix.current_files()
+        settled_before = time.time() - SETTLE_SECONDS
+        orphans: list[FoundFile] = []
+        for path, found in files.items():
+            if path in indexed or ix.is_known(path):
+                continue
+            if path in busy:
+                stats.skipped_busy += 1
+            elif found.mtime > settled_before:
+                stats.skipped_busy += 1
+                stats.fresh.append(found)  # e.g. the file a killed daemon's FFmpeg was writing
+            elif self.is_unreadable(found):
+                stats.unreadable += 1
+            else:
+                orphans.append(found)
+        stats.orphans += len(orphans)
+        for i in range(0, len(orphans), PROBE_CHUNK):
+            chunk = orphans[i:i + PROBE_CHUNK]
+            queued = await ix.index_found(chunk, source="reconcile")
+            stats.indexed += queued
+            stats.unreadable += sum(1 for f in chunk if self.is_unreadable(f))
+
+        prefix = os.path.join(str(root), cam) + os.sep
+        live = [r[0] for r in rows if not r[1]]  # rows retention is deleting are its business
+        missing = [p for p in live if p not in files and p.startswith(prefix)]
+        if not missing:
+            return
+        if len(live) >= SUSPICIOUS_MIN_ROWS and len(missing) >= SUSPICIOUS_MISSING_RATIO * len(live):
+            # an unmounted disk looks exactly like this: keep the rows, ask a human
+            log.warning("reconcile_suspicious", camera_id=cam, missing=len(missing), rows=len(live),
+                        reason="almost every indexed file is missing; is the storage mounted? rows kept")
+            return
+        gone = await asyncio.to_thread(lambda: [p for p in missing if not os.path.lexists(p)])
+        if not gone:
+            return
+        async with ix.database.acquire() as conn:
+            status = await conn.execute(queries.DELETE_MISSING, gone)
+        count = int(status.split()[-1])
+        stats.missing_deleted += count
+        stats.missing_by_camera[cam] = count
+        if count:
+            log.warning("segments_missing", camera_id=cam, count=count)
+
+
+# --------------------------------------------------------------------------- watcher
+
+
+class Watcher:
+    """Indexes ``.mp4`` files that show up in the layout outside the completion-event path.
+
+    A normal segment costs one set lookup per change batch: it is open by FFmpeg (current_files),
+    pending, or recently committed. Anything else waits until it has settled, then is handed on.
+    """
+
+    def __init__(self, root: Path, *, current_files: Callable[[], set[str]],
+                 is_known: Callable[[str], bool],
+                 on_settled: Callable[[list[FoundFile]], Awaitable[Any]],
+                 settle_seconds: float = SETTLE_SECONDS, debounce_ms: int = 500) -> None:
+        self.root = root
+        self._current_files = current_files
+        self._is_known = is_known
+        self._on_settled = on_settled
+        self._settle = settle_seconds
+        self._debounce = debounce_ms
+        self._candidates: dict[str, float] = {}  # path -> monotonic time of last change
+        self._state_prefix = os.path.join(str(root), layout.STATE_DIR) + os.sep
+        self._scans: set[asyncio.Task[None]] = set()
+        self.ready = asyncio.Event()  # set once the OS watch is in place (tests wait on it)
+
+    async def run(self) -> None:
+        """Watch until cancelled; a failing watch (e.g. inotify limit) is logged and retried."""
+        backoff = 5.0
+        while True:
+            try:
+                await self._watch()
+                backoff = 5.0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("watcher_failed", root=str(self.root), reason=str(exc)[:200])
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 300.0)
+
+    async def _watch(self) -> None:
+        while not await asyncio.to_thread(os.path.isdir, self.root):  # noqa: ASYNC110 (no event for mkdir)
+            await asyncio.sleep(self._settle)
+        settle_task = asyncio.create_task(self._settle_loop(), name="watcher-settle")
+        try:
+            changes_iter = awatch(self.root, watch_filter=self._filter, debounce=self._debounce, step=50,
+                                  recursive=True, yield_on_timeout=True, rust_timeout=1000,
+                                  ignore_permission_denied=True)
+            async for changes in changes_iter:
+                self.ready.set()
+                if changes:
+                    self._handle(changes)
+        finally:
+            self.ready.clear()
+            settle_task.cancel()
+            for t in [settle_task, *self._scans]:
+                t.cancel()
+
+    def _filter(self, change: Change, path: str) -> bool:
+        return change != Change.deleted and not path.startswith(self._state_prefix)
+
+    def _handle(self, changes: set[tuple[Change, str]]) -> None:
+        busy: set[str] | None = None
+        now = time.monotonic()
+        for change, path in changes:
+            if not path.endswith(".mp4"):
+                if change == Change.added:
+                    self._scan_later(path)
+                continue
+            if busy is None:
+                busy = self._current_files()
+            if path in busy or self._is_known(path):
+                self._candidates.pop(path, None)
+                continue
+            self._candidates[path] = now
+
+    def _scan_later(self, path: str) -> None:
+        """A directory moved in: inotify does not report the files inside it, so look."""
+        async def scan() -> None:
+            found = await asyncio.to_thread(lambda: scan_tree(self.root, path) if os.path.isdir(path) else [])
+            now = time.monotonic()
+            for p in found:
+                self._candidates.setdefault(p, now)
+
+        task = asyncio.create_task(scan())
+        self._scans.add(task)
+        task.add_done_callback(self._scans.discard)
+
+    async def _settle_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self._settle / 2))
+            try:
+                await self._settle_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("watcher_failed", root=str(self.root), reason=str(exc)[:200])
+
+    async def _settle_once(self) -> None:
+        now = time.monotonic()
+        due = [p for p, t in self._candidates.items() if now - t >= self._settle]
+        if not due:
+            return
+        for p in due:
+            del self._candidates[p]
+        found = await asyncio.to_thread(stat_found, self.root, due)
+        busy = self._current_files()
+        settled_before = time.time() - self._settle
+        ready: list[FoundFile] = []
+        for f in found:
+            if f.path in busy or self._is_known(f.path):
+                continue
+            if f.mtime > settled_before:
+                self._candidates[f.path] = time.monotonic()  # still changing: look again later
+            else:
+                ready.append(f)
+        if ready:
+            await self._on_settled(ready)
