@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     s = with_config("search", "list recorded segments of a camera overlapping a time range")
     s.add_argument("--camera", required=True, help="camera id")
     s.add_argument("--from", dest="from_", metavar="ISO8601", help="range start (UTC unless offset given)")
-    s.add_argument("--to", metavar="ISO8601", help="range end (exclusive)")
+    s.add_argument("--to", metavar="ISO8601", help="range end (exclusive; a bare date means the end of that day)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     st = with_config("status", "per-camera live state from the running daemon and the index")
     st.add_argument("--json", action="store_true")

@@ -65,8 +65,10 @@ async def test_sigterm_stops_within_10s_with_last_segment_complete(shared_cam, p
     # every file on disk is complete and indexed from FFmpeg's own list, including the open one at SIGTERM
     assert disk_segments(d.root) == set(by_path)
     long_cam = [r for r in rows if r["camera_id"] == "cam-b"]
-    assert len(long_cam) == 1 and long_cam[0]["source"] == "ffmpeg"
-    assert abs(ffprobe_duration(long_cam[0]["path"]) - long_cam[0]["duration_seconds"]) < 0.3
+    # the 30 s segment open at SIGTERM (a clock boundary may have cut one before it) was closed by
+    # FFmpeg itself: listed with exact times, not recovered
+    assert long_cam and {r["source"] for r in long_cam} == {"ffmpeg"}
+    assert abs(ffprobe_duration(long_cam[-1]["path"]) - long_cam[-1]["duration_seconds"]) < 0.3
     steps = [e["step"] for e in d.events("ffmpeg_stopping")]
     assert steps and set(steps) == {"q"}  # a healthy FFmpeg finishes on 'q', no escalation
 

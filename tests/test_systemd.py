@@ -140,7 +140,7 @@ async def test_watchdog_pings_at_half_interval_and_stop_when_loop_is_stuck(
     before_block = len(notify_socket.messages(wait=0.2, count=4))
     assert before_block >= 4
     blocked_at = time.monotonic()
-    time.sleep(0.6)  # noqa: ASYNC251 - on purpose: the loop is stuck, no pings may be sent meanwhile
+    time.sleep(0.6)
     unblocked_at = time.monotonic()
     await asyncio.sleep(0.25)
     task.cancel()
