@@ -57,6 +57,9 @@ def describe_dsn(dsn: str | None) -> str:
 
 def is_connection_error(exc: BaseException) -> bool:
     """True for errors that mean "the server is gone or refusing", as opposed to a bad statement."""
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        # the protocol lost track of the connection (seen while the server shuts down mid-query)
+        return True
     if isinstance(exc, asyncpg.InterfaceError):
         # client-side DataError / config errors are ours, not the server's
         return not isinstance(exc, ValueError)
@@ -250,6 +253,7 @@ class Database:
             yield conn
         except Exception as exc:
             if is_connection_error(exc):
+                conn.terminate()  # never hand a half-broken connection to the next user
                 self.mark_down(_reason(exc))
                 raise DatabaseUnavailable(f"database {self.where} is down: {_reason(exc)}") from None
             raise

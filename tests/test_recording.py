@@ -149,10 +149,15 @@ async def test_hung_camera_is_detected_and_recovered(testcam_factory, rig_factor
 
 async def test_killed_ffmpeg_is_restarted_and_cut_segment_is_readable(testcam_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
     cam = testcam_factory()
-    rig = rig_factory(cam.url, segment_seconds=30)  # long segments: the kill lands mid-segment
+    rig = rig_factory(cam.url, segment_seconds=3600)  # the kill lands mid-segment
     await rig.start()
     await wait_until(lambda: rig.sup.state == "recording", 30, what="recording")
-    await asyncio.sleep(3)
+
+    def file_age() -> float:
+        parsed = parse_segment_path(rig.root, rig.sup.current_file or "")
+        return time.time() - parsed[1] if parsed else 0.0
+
+    await wait_until(lambda: file_age() >= 3, 30, what="3 s in the open segment")  # (even across an hour)
     pid = rig.sup.pid
     assert pid is not None
     cut_file = rig.sup.current_file

@@ -51,11 +51,16 @@ def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
     sock.bind(str(tmp_path / "notify.sock"))
     sock.setblocking(False)
     yield sock
+    _received.pop(sock.fileno(), None)
     sock.close()
 
 
+_received: dict[int, list[str]] = {}
+
+
 def notifications(sock: socket.socket) -> list[str]:
-    msgs = []
+    """Every message received on ``sock`` so far (reading does not lose earlier ones)."""
+    msgs = _received.setdefault(sock.fileno(), [])
     while True:
         try:
             msgs.append(sock.recv(4096).decode())
