@@ -47,13 +47,16 @@ def write_config(path: Path, root: Path, url: str, n: int, dsn: str) -> None:
     cams = [{"id": f"cam-{i:03d}", "url": url, "segment_seconds": 10, "stall_seconds": 20}
             for i in range(n)]
     path.write_text(yaml.safe_dump({"storage": {"root": str(root), "min_free_percent": 1},
-                                    "database": {"dsn": dsn}, "metrics": {"listen": "127.0.0.1:0"},
+                                    "database": {"dsn": dsn}, "metrics": {"listen": None},
                                     "cameras": cams}))
 
 
-def wait_status(status: Path, pred: object, timeout: float) -> dict[str, object]:
+def wait_status(status: Path, pred: object, timeout: float,
+                proc: subprocess.Popen[bytes] | None = None) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"recorderd exited with {proc.returncode}; see its log")
         try:
             data = json.loads(status.read_text())
             if pred(data):  # type: ignore[operator]
@@ -92,7 +95,7 @@ def run_one(n: int, seconds: float, cam: TestCam, pg: PgCluster, work: Path, rec
     status = root / ".recorderd" / "status.json"
     try:
         t_start = time.monotonic()
-        wait_status(status, lambda d: sum(c["is_recording"] for c in d["cameras"]) == n, 60 + n)
+        wait_status(status, lambda d: sum(c["is_recording"] for c in d["cameras"]) == n, 60 + n, proc)
         all_recording = time.monotonic() - t_start
         time.sleep(5)  # warm-up past start-up work (migrations, first segments)
         c0, w0 = proc_cpu_seconds(proc.pid), time.monotonic()
@@ -110,12 +113,19 @@ def run_one(n: int, seconds: float, cam: TestCam, pg: PgCluster, work: Path, rec
             back = time.time()
             cam.restart()
             wait_status(status, lambda d: all(c["state"] == "recording" for c in d["cameras"]), 60)
-            online = [ts(e) - back for e in events(log, "camera_online") if ts(e) >= back]
+            online = sorted(ts(e) - back for e in events(log, "camera_online") if ts(e) >= back)
             if online:
-                online.sort()
-                print(f"recovery after the camera returned ({len(online)} cameras): first "
-                      f"{online[0]:.2f}s, median {online[len(online) // 2]:.2f}s, last {online[-1]:.2f}s "
-                      "(camera back -> first fragment on disk)", flush=True)
+                print(f"recovery after the camera returned ({len(online)} cameras): recording state after "
+                      f"first {online[0]:.2f}s, median {online[len(online) // 2]:.2f}s, last {online[-1]:.2f}s "
+                      "(camera back -> FFmpeg reconnected, probed the stream and opened its file)", flush=True)
+            time.sleep(12)  # let the first segment of the new runs close and be indexed
+            out = pg.psql("SELECT extract(epoch FROM min(start_time)) FROM segments "
+                          f"WHERE start_time > to_timestamp({back - 1}) GROUP BY camera_id", dbname=dsn.rsplit("/", 1)[1])
+            firsts = sorted(float(x) - back for x in out.split() if x.strip())
+            if firsts:
+                print(f"footage gap: first recorded instant after the camera came back: first {firsts[0]:.2f}s, "
+                      f"median {firsts[len(firsts) // 2]:.2f}s, last {firsts[-1]:.2f}s "
+                      "(FFmpeg keeps the packets it probed, so footage starts before the file opens)", flush=True)
     finally:
         proc.send_signal(signal.SIGTERM)
         t0 = time.monotonic()
