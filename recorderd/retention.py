@@ -1,0 +1,499 @@
+"""Retention sweeper: deletes footage by age, per-camera cap and free-space floor, never in the way.
+
+Deletion is crash-safe in three committed steps: mark rows ``deleting``, unlink the files (in a worker
+thread, one call per batch), delete the rows; whatever a crash leaves marked is finished on the next
+start. The decisions (what goes, in which order) are pure functions below; ``Sweeper`` only feeds
+them rows from the index and carries them out. The free-space floor keeps working from the
+filesystem alone while the database is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any, Protocol
+
+import asyncpg
+
+from recorderd.config import DEFAULT_PLANS, Config
+from recorderd.db import DatabaseUnavailable, is_connection_error
+from recorderd.diskguard import (
+    DiskCheck,
+    DiskGuard,
+    Outcome,
+    Pair,
+    ProtectedPaths,
+    SegmentRow,
+    UnlinkResult,
+    is_deletable,
+    remove_empty_day_dirs,
+    select_for_floor,
+    unlink_batch,
+)
+from recorderd.layout import iso
+from recorderd.logging import get_logger
+from recorderd.metrics import RETENTION_DELETED, RETENTION_DELETED_BYTES, STORAGE_USED, SWEEP_DURATION
+
+log = get_logger()
+DAY = 86400.0
+_TS_MIN = datetime(1900, 1, 1, tzinfo=UTC)
+_TS_MAX = datetime(9999, 1, 1, tzinfo=UTC)
+_LOG_BUDGET = 50  # refused/failed lines per sweep or check; the rest are counted in the summary
+
+
+class Database(Protocol):
+    """What the sweeper needs of ``recorderd.db.Database``."""
+
+    @property
+    def up(self) -> bool: ...
+
+    def acquire(self) -> AbstractAsyncContextManager[Any]: ...
+
+
+# --------------------------------------------------------------------------- pure selection logic
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    camera_id: str
+    retention_days: int
+    max_bytes: int | None
+    tenant: str | None
+    source: str  # config | index | default
+
+
+def default_retention_days(config: Config) -> int:
+    """For footage of a camera neither the config nor the cameras table knows: the longest plan.
+
+    Unknown must never mean "deleted earlier than any plan would"; the free-space floor still
+    protects the disk.
+    """
+    return max((p.retention_days for p in config.plans.values()), default=max(DEFAULT_PLANS.values()))
+
+
+def resolve_policies(config: Config, table: Iterable[Policy], camera_ids: Iterable[str]) -> dict[str, Policy]:
+    """Config first (live reload wins), then the cameras table (cameras removed from the config keep
+    the retention recorded there), then the default for footage nobody knows."""
+    out = {c.id: Policy(c.id, c.retention_days, c.max_bytes, c.tenant, "config") for c in config.cameras}
+    for pol in table:
+        out.setdefault(pol.camera_id, pol)
+    days = default_retention_days(config)
+    for cam in camera_ids:
+        out.setdefault(cam, Policy(cam, days, None, None, "default"))
+    return out
+
+
+def select_expired(rows: Iterable[SegmentRow], cutoff: float, current: frozenset[str]) -> list[SegmentRow]:
+    """Unprotected, not being written, ended before ``cutoff``; oldest first."""
+    chosen = [r for r in rows if r.end < cutoff and is_deletable(r, current)]
+    return sorted(chosen, key=lambda r: (r.end, r.start, r.id))
+
+
+def select_over_cap(rows_oldest_first: Iterable[SegmentRow], total: int, max_bytes: int,
+                    current: frozenset[str]) -> list[SegmentRow]:
+    """Oldest deletable rows until the camera's unprotected ``total`` fits in ``max_bytes``."""
+    chosen: list[SegmentRow] = []
+    for row in rows_oldest_first:
+        if total <= max_bytes:
+            break
+        if is_deletable(row, current):
+            chosen.append(row)
+            total -= row.size
+    return chosen
+
+
+def expiring_notice(oldest_start: float, retention_days: int, now: float) -> tuple[str, float] | None:
+    """(day, expires_at) when the oldest day's footage is all gone within a day, else None.
+
+    A day has expired once its last minute is older than the retention: (day + 1) + retention.
+    """
+    day_start = datetime.fromtimestamp(oldest_start, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    expires_at = day_start.timestamp() + DAY + retention_days * DAY
+    if now >= expires_at - DAY:
+        return day_start.strftime("%Y-%m-%d"), expires_at
+    return None
+
+
+# --------------------------------------------------------------------------- reports
+
+
+@dataclass(slots=True)
+class ReasonStats:
+    count: int = 0
+    bytes: int = 0
+    oldest: float | None = None  # start of the oldest segment removed
+    newest: float | None = None
+
+
+@dataclass(slots=True)
+class SweepReport:
+    by_reason: dict[str, ReasonStats] = field(default_factory=dict)
+    missing: int = 0  # file already gone: row removed
+    refused: int = 0  # path failed the safety checks: row removed, file left
+    failed: int = 0  # unlink error: row kept for the next sweep
+    dirs_removed: int = 0
+    db_up: bool = True
+    duration: float = 0.0
+
+    @property
+    def deleted(self) -> int:
+        return sum(s.count for s in self.by_reason.values())
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.by_reason.values())
+
+    def add(self, reason: str, row: SegmentRow) -> None:
+        s = self.by_reason.setdefault(reason, ReasonStats())
+        s.count += 1
+        s.bytes += row.size
+        s.oldest = row.start if s.oldest is None else min(s.oldest, row.start)
+        s.newest = row.start if s.newest is None else max(s.newest, row.start)
+
+
+# --------------------------------------------------------------------------- SQL
+
+def load_queries(text: str) -> dict[str, str]:
+    """``-- name: x`` blocks of a .sql file; comment lines are dropped."""
+    blocks = re.split(r"^--\s*name:\s*(\w+)[ \t]*$", text, flags=re.M)
+    return {name: "\n".join(ln for ln in body.splitlines() if not ln.lstrip().startswith("--")).strip()
+            for name, body in zip(blocks[1::2], blocks[2::2], strict=True)}
+
+
+Q = load_queries(resources.files("recorderd.sql").joinpath("retention.sql").read_text(encoding="utf-8"))
+
+
+def _row(rec: Any) -> SegmentRow:
+    return SegmentRow(rec["id"], rec["camera_id"], rec["path"], rec["start_time"].timestamp(),
+                      rec["end_time"].timestamp(), rec["size_bytes"], rec["protected"])
+
+
+# database trouble: logged, never fatal (statement errors included: the floor must keep running)
+DB_ERRORS = (DatabaseUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError,
+             asyncpg.exceptions.InternalClientError, OSError, TimeoutError)
+FLOOR_DB_TIMEOUT = 5.0  # the floor would rather scan the disk than wait on a hung database
+
+
+# --------------------------------------------------------------------------- the sweeper
+
+
+class Sweeper:
+    """The daemon's retention task: ``await run()``; ``update_config()`` on reload."""
+
+    def __init__(self, config: Config, db: Database, current_files: Callable[[], set[str]],
+                 clock: Callable[[], float] = time.time) -> None:
+        self._config = config
+        self._db = db
+        self._current_files = current_files
+        self._clock = clock
+        self._protected = ProtectedPaths(config.storage.root)
+        self._inflight: set[int] = set()  # marked by a batch in progress: not "interrupted"
+        self._announced: dict[str, str] = {}  # camera -> oldest day announced as expiring
+        self._logged_paths: set[str] = set()
+        self._log_budget = _LOG_BUDGET
+        self._db_trouble_logged = False
+        self._usage_cameras: set[str] = set()
+        self._wake = asyncio.Event()
+        self._guard = DiskGuard(self)
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def update_config(self, config: Config) -> None:
+        """Live reload: the next sweep (started now) uses the new plans, caps and floor."""
+        if config.storage.root != self._config.storage.root:
+            self._protected = ProtectedPaths(config.storage.root)
+        self._config = config
+        self._wake.set()
+
+    # ---- daemon loop
+
+    async def run(self) -> None:
+        """Finish interrupted deletions, then sweep every interval and check the disk every few seconds."""
+        await self.finish_interrupted()
+        tasks = [asyncio.create_task(self._sweep_loop(), name="retention-sweep"),
+                 asyncio.create_task(self._disk_loop(), name="retention-disk")]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                t.result()  # only a programming error gets here
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            await self.sweep_once()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._config.retention.interval_seconds)
+            except TimeoutError:
+                pass
+
+    async def _disk_loop(self) -> None:
+        while True:
+            await self.check_disk_once()
+            await asyncio.sleep(self._config.retention.disk_check_seconds)
+
+    # ---- database helpers
+
+    async def _fetch(self, sql: str, *args: Any, limit_s: float | None = None) -> list[Any]:
+        async with self._db.acquire() as conn:
+            return list(await conn.fetch(sql, *args, timeout=limit_s))
+
+    async def _execute(self, sql: str, *args: Any) -> None:
+        async with self._db.acquire() as conn:
+            await conn.execute(sql, *args)
+
+    def _db_trouble(self, exc: BaseException | None) -> None:
+        if isinstance(exc, asyncpg.PostgresError) and not is_connection_error(exc):
+            log.error("retention_db_error", error=type(exc).__name__, sqlstate=exc.sqlstate, detail=str(exc))
+        elif not self._db_trouble_logged:
+            self._db_trouble_logged = True
+            log.warning("retention_db_unavailable", error=type(exc).__name__ if exc else "database down",
+                        detail=str(exc) if exc else "")
+
+    def current(self) -> frozenset[str]:
+        return frozenset(os.path.normpath(p) for p in self._current_files())
+
+    # ---- crash recovery
+
+    async def finish_interrupted(self) -> SweepReport:
+        """Finish rows a crash left marked ``deleting``: unlink if still there, then drop the row."""
+        report = SweepReport()
+        if not self._db.up:
+            report.db_up = False
+            return report
+        try:
+            await self._finish(report)
+        except DB_ERRORS as exc:
+            report.db_up = False
+            self._db_trouble(exc)
+        stats = report.by_reason.get("recovery")
+        if stats or report.missing:
+            log.info("retention_recovered", count=stats.count if stats else 0,
+                     bytes=stats.bytes if stats else 0, missing=report.missing, refused=report.refused,
+                     failed=report.failed)
+        return report
+
+    async def _finish(self, report: SweepReport) -> None:
+        after = 0
+        while True:
+            recs = await self._fetch(Q["interrupted"], after, list(self._inflight), self._config.retention.batch_size)
+            if not recs:
+                return
+            after = recs[-1]["id"]
+            rows = [_row(r) for r in recs]
+            current = self.current()
+            keep = {r.id for r in rows if not is_deletable(r, current)}  # protected since, or being written
+            if keep:
+                await self._execute(Q["unmark"], list(keep))
+            await self._delete([r for r in rows if r.id not in keep], "recovery", report, marked=True)
+
+    # ---- deleting one batch
+
+    async def _delete(self, rows: Sequence[SegmentRow], reason: str, report: SweepReport, *,
+                      marked: bool = False) -> list[Pair]:
+        """Mark, unlink (one thread call), delete rows. Returns what happened to each marked row."""
+        if not rows:
+            return []
+        if not marked:  # re-checks "not protected" atomically: a clip protected meanwhile is skipped
+            rows = [_row(r) for r in await self._fetch(Q["mark"], [r.id for r in rows])]
+        ids = {r.id for r in rows}
+        self._inflight |= ids
+        try:
+            root = self._config.storage.root
+            results = await asyncio.to_thread(unlink_batch, root, [(r.camera_id, r.path) for r in rows])
+            pairs = list(zip(rows, results, strict=True))
+            self._account(pairs, reason, report)
+            done = [r.id for r, res in pairs if res.outcome is not Outcome.FAILED]
+            retry = [r.id for r, res in pairs if res.outcome is Outcome.FAILED]
+            if done:
+                await self._execute(Q["delete"], done)
+            if retry:
+                await self._execute(Q["unmark"], retry)
+        finally:
+            self._inflight -= ids
+        return pairs
+
+    def _account(self, pairs: Sequence[Pair], reason: str, report: SweepReport) -> None:
+        count = nbytes = 0
+        for row, res in pairs:
+            if res.outcome is Outcome.DELETED:
+                report.add(reason, row)
+                count += 1
+                nbytes += row.size
+            elif res.outcome is Outcome.MISSING:
+                report.missing += 1
+            elif res.outcome is Outcome.REFUSED:
+                report.refused += 1
+                self._log_path("retention_refused", row, res, "row dropped, file left in place")
+            else:
+                report.failed += 1
+                self._log_path("retention_unlink_failed", row, res, "kept for the next sweep")
+        if count:
+            RETENTION_DELETED.labels(reason).inc(count)
+            RETENTION_DELETED_BYTES.labels(reason).inc(nbytes)
+
+    def _log_path(self, event: str, row: SegmentRow, res: UnlinkResult, action: str) -> None:
+        if row.path in self._logged_paths or self._log_budget <= 0:
+            return
+        self._log_budget -= 1
+        if len(self._logged_paths) > 100_000:
+            self._logged_paths.clear()
+        self._logged_paths.add(row.path)
+        log.error(event, camera=row.camera_id, path=row.path, reason=res.detail, action=action)
+
+    # ---- the periodic sweep
+
+    async def sweep_once(self) -> SweepReport:
+        """One pass: finish leftovers, age and cap per camera, survey, empty day dirs. Never raises on
+        database trouble or a bad file."""
+        t0 = time.monotonic()
+        cfg = self._config
+        report = SweepReport()
+        now = self._clock()
+        self._log_budget = _LOG_BUDGET
+        if not self._db.up:
+            report.db_up = False
+            self._db_trouble(None)
+        else:
+            try:
+                await self._finish(report)
+                table = [Policy(r["id"], r["retention_days"], r["max_bytes"], r["tenant"], "index")
+                         for r in await self._fetch(Q["camera_table"])]
+                cams = [r["camera_id"] for r in await self._fetch(Q["cameras_with_footage"])]
+                policies = resolve_policies(cfg, table, cams)
+                # no root (disk not mounted): every unlink would fail; the disk check logs it
+                if cfg.retention.enabled and await asyncio.to_thread(os.path.isdir, cfg.storage.root):
+                    for pol in policies.values():
+                        await self._sweep_age(pol, now, report)
+                    for pol in policies.values():
+                        if pol.max_bytes is not None:
+                            await self._sweep_cap(pol, pol.max_bytes, report)
+                await self._survey(policies, now, announce=cfg.retention.enabled)
+                self._db_trouble_logged = False
+            except DB_ERRORS as exc:
+                report.db_up = False
+                self._db_trouble(exc)
+        report.dirs_removed = await asyncio.to_thread(remove_empty_day_dirs, cfg.storage.root, now)
+        report.duration = time.monotonic() - t0
+        SWEEP_DURATION.observe(report.duration)
+        for reason, s in report.by_reason.items():
+            log.info("retention_sweep", reason=reason, count=s.count, bytes=s.bytes,
+                     oldest=iso(s.oldest) if s.oldest is not None else None,
+                     newest=iso(s.newest) if s.newest is not None else None,
+                     missing=report.missing, refused=report.refused, failed=report.failed,
+                     duration=round(report.duration, 3))
+        return report
+
+    async def _sweep_age(self, pol: Policy, now: float, report: SweepReport) -> None:
+        cutoff = now - pol.retention_days * DAY
+        async for rows, current in self._batches(pol.camera_id, datetime.fromtimestamp(cutoff, UTC)):
+            await self._delete(select_expired(rows, cutoff, current), "age", report)
+
+    async def _sweep_cap(self, pol: Policy, max_bytes: int, report: SweepReport) -> None:
+        total: int = (await self._fetch(Q["camera_total"], pol.camera_id))[0][0]
+        async for rows, current in self._batches(pol.camera_id, _TS_MAX):
+            if total <= max_bytes:
+                return
+            chosen = select_over_cap(rows, total, max_bytes, current)
+            pairs = await self._delete(chosen, "cap", report)
+            failed = {r.id for r, res in pairs if res.outcome is Outcome.FAILED}
+            total -= sum(r.size for r in chosen if r.id not in failed)  # also those protected meanwhile
+
+    async def _batches(self, camera_id: str, cutoff: datetime) -> AsyncIterator[tuple[list[SegmentRow],
+                                                                                      frozenset[str]]]:
+        """Oldest-first rows of one camera ending before ``cutoff``, keyset paged (rows skipped on purpose
+        are read once), with the files being written right now; yields to the loop between batches."""
+        batch = self._config.retention.batch_size
+        key: tuple[datetime, int] = (_TS_MIN, 0)
+        while True:
+            recs = await self._fetch(Q["oldest_of_camera"], camera_id, cutoff, key[0], key[1], batch)
+            if not recs:
+                return
+            key = (recs[-1]["start_time"], recs[-1]["id"])
+            yield [_row(r) for r in recs], self.current()
+            await asyncio.sleep(0)
+            if len(recs) < batch:
+                return
+
+    async def _survey(self, policies: Mapping[str, Policy], now: float, *, announce: bool) -> None:
+        """Storage per camera, the protected-paths copy and expiry notices, from one scan of the index."""
+        recs = await self._fetch(Q["survey"])
+        protected: list[str] = []
+        seen: set[str] = set()
+        for r in recs:
+            cam = r["camera_id"]
+            seen.add(cam)
+            STORAGE_USED.labels(cam).set(r["used"])
+            protected.extend(r["protected"] or ())
+            pol = policies.get(cam)
+            if announce and pol is not None and r["oldest"] is not None:
+                notice = expiring_notice(r["oldest"].timestamp(), pol.retention_days, now)
+                if notice is not None and self._announced.get(cam) != notice[0]:
+                    self._announced[cam] = notice[0]
+                    log.info("recordings_expiring", camera=cam, tenant=pol.tenant, day=notice[0],
+                             expires_at=iso(notice[1]))
+        for cam in self._usage_cameras - seen:
+            STORAGE_USED.labels(cam).set(0)
+        self._usage_cameras = seen
+        await asyncio.to_thread(self._protected.replace, protected)
+
+    # ---- the index side of the free-space floor (see diskguard.DiskGuard)
+
+    async def check_disk_once(self) -> DiskCheck:
+        """statvfs; below the floor delete the oldest unprotected footage until floor + margin."""
+        self._log_budget = _LOG_BUDGET
+        return await self._guard.check()
+
+    @property
+    def protected(self) -> ProtectedPaths:
+        return self._protected
+
+    def account(self, pairs: Sequence[Pair], reason: str) -> None:
+        self._account(pairs, reason, SweepReport())
+
+    async def floor_from_index(self, guard: DiskGuard, check: DiskCheck) -> None:
+        """Oldest unprotected indexed footage across cameras, batch by batch, until the target."""
+        key: tuple[datetime, int] = (_TS_MIN, 0)
+        batch = self._config.retention.batch_size
+        try:
+            while check.free < check.target and self._db.up:
+                recs = await self._fetch(Q["oldest_all"], key[0], key[1], batch, limit_s=FLOOR_DB_TIMEOUT)
+                if not recs:
+                    return
+                key = (recs[-1]["end_time"], recs[-1]["id"])
+                chosen = select_for_floor([_row(r) for r in recs], check.target - check.free, self.current(),
+                                          self._protected, batch)
+                pairs = await self._delete(chosen, "disk", SweepReport())
+                await guard.note_batch(check, pairs, "index")
+                if pairs and not any(res.outcome is Outcome.DELETED for _, res in pairs):
+                    return  # the index's oldest files are not on this disk (gone, unmounted): scan instead
+        except DB_ERRORS as exc:
+            self._db_trouble(exc)
+
+    async def refresh_protected(self) -> None:
+        if self._db.up:
+            try:
+                paths = [r["path"] for r in await self._fetch(Q["protected_paths"], limit_s=FLOOR_DB_TIMEOUT)]
+                await asyncio.to_thread(self._protected.replace, paths)
+            except DB_ERRORS as exc:
+                self._db_trouble(exc)
+
+    async def forget_paths(self, paths: list[str]) -> None:
+        """Rows of files the filesystem fallback removed; else the indexer's reconcile drops them."""
+        if self._db.up:
+            try:
+                await self._execute(Q["delete_paths"], paths)
+            except DB_ERRORS as exc:
+                self._db_trouble(exc)
