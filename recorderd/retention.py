@@ -259,7 +259,8 @@ class Sweeper:
             log.error("retention_db_error", error=type(exc).__name__, sqlstate=exc.sqlstate, detail=str(exc))
         elif not self._db_trouble_logged:
             self._db_trouble_logged = True
-            log.warning("retention_db_unavailable", error=type(exc).__name__ if exc else "database down",
+            # the indexer already logs database_down at warning; at start-up this is only a wait
+            log.info("retention_db_unavailable", error=type(exc).__name__ if exc else "database down",
                         detail=str(exc) if exc else "")
 
     def current(self) -> frozenset[str]:

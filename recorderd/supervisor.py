@@ -448,7 +448,7 @@ class CameraSupervisor:
             if key is not None and key != run.progress_key:
                 run.progress_key = key
                 run.progress_at = now
-                if self.state == "starting" and key[1] > 0:
+                if self.state != "recording" and key[1] > 0:  # starting, or retrying while offline
                     self._became_recording()
                 continue
             limit = stall + (STARTUP_GRACE if run.progress_key is None else 0.0)
