@@ -30,7 +30,7 @@ RD_APT_PACKAGES=(
     gstreamer1.0-plugins-ugly
     gstreamer1.0-libav
 )
-RD_APT_OPTIONAL=(prometheus)  # provides promtool; nice to have
+RD_APT_OPTIONAL=(prometheus systemd shellcheck)  # promtool, systemd-analyze, shellcheck: their checks skip without them
 
 _rd_pkg_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'
