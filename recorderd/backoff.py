@@ -31,7 +31,7 @@ class Backoff:
         delay = self.nominal()
         self.attempt += 1
         spread = delay * self.jitter
-        return float(min(self.cap * (1 + self.jitter), max(0.0, delay + self.rng.uniform(-spread, spread))))
+        return float(min(self.cap, max(0.0, delay + self.rng.uniform(-spread, spread))))
 
     def reset(self) -> None:
         self.attempt = 0

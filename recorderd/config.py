@@ -182,12 +182,12 @@ def _kind(value: Any) -> str:
 
 
 def _number(value: Any, path: str, errs: _Errors, *, integer: bool, minimum: float | None = None,
-            positive: bool = False) -> Any:
+            positive: bool = False, maximum: float | None = None) -> Any:
     ok_types: tuple[type, ...] = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, ok_types) or not isinstance(value, int | float):
         errs.add(path, f"must be {'an integer' if integer else 'a number'}, got {_kind(value)}")
         return None
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         errs.add(path, f"must be a finite number, got {value}")
         return None
     if positive and value <= 0:
@@ -195,6 +195,10 @@ def _number(value: Any, path: str, errs: _Errors, *, integer: bool, minimum: flo
         return None
     if minimum is not None and value < minimum:
         errs.add(path, f"must be at least {minimum}, got {value}")
+        return None
+    if maximum is not None and value > maximum:
+        shown = value if len(str(value)) < 30 else f"{str(value)[:12]}... ({len(str(value))} digits)"
+        errs.add(path, f"must be at most {maximum}, got {shown}")
         return None
     return value
 
@@ -263,9 +267,9 @@ def _audio(value: Any, path: str, errs: _Errors) -> str | None:
 def _camera_setting(key: str, value: Any, path: str, errs: _Errors,
                     plans: Mapping[str, Plan] | None) -> Any:
     if key == "segment_seconds":
-        return _number(value, path, errs, integer=True, positive=True)
+        return _number(value, path, errs, integer=True, positive=True, maximum=86400)
     if key in ("stall_seconds", "timeout_seconds"):
-        return _number(value, path, errs, integer=False, positive=True)
+        return _number(value, path, errs, integer=False, positive=True, maximum=3600)
     if key == "plan":
         name = _string(value, path, errs)
         if name is not None and plans is not None and name not in plans:
@@ -307,7 +311,8 @@ def parse_config(data: Any, source: str = "") -> Config:
                 if "retention_days" not in b:
                     errs.add(f"{p}.retention_days", "is required")
                     continue
-                days = _number(b["retention_days"], f"{p}.retention_days", errs, integer=True, positive=True)
+                days = _number(b["retention_days"], f"{p}.retention_days", errs, integer=True, positive=True,
+                               maximum=36500)
                 if days is not None:
                     plans[name] = Plan(name, days)
 
@@ -397,7 +402,7 @@ def parse_config(data: Any, source: str = "") -> Config:
         retention_days = None
         if "retention_days" in c:
             retention_days = _number(c["retention_days"], f"{p}.retention_days", errs,
-                                     integer=True, positive=True)
+                                     integer=True, positive=True, maximum=36500)
         max_bytes = None
         if c.get("max_bytes") is not None:
             max_bytes = _number(c["max_bytes"], f"{p}.max_bytes", errs, integer=True, positive=True)
@@ -427,9 +432,9 @@ def parse_config(data: Any, source: str = "") -> Config:
     # retention
     rt = _mapping(top.get("retention"), "retention", errs, _RETENTION)
     interval = _number(rt.get("interval_seconds", 60), "retention.interval_seconds", errs,
-                       integer=False, positive=True)
+                       integer=False, positive=True, maximum=86400)
     disk_check = _number(rt.get("disk_check_seconds", 2), "retention.disk_check_seconds", errs,
-                         integer=False, positive=True)
+                         integer=False, positive=True, maximum=3600)
     batch_size = _number(rt.get("batch_size", 500), "retention.batch_size", errs, integer=True, positive=True)
     rt_enabled = _bool(rt.get("enabled", True), "retention.enabled", errs)
 
@@ -448,7 +453,8 @@ def parse_config(data: Any, source: str = "") -> Config:
                 else:
                     listen = s
 
-    shutdown = _number(top.get("shutdown_seconds", 8), "shutdown_seconds", errs, integer=False, positive=True)
+    shutdown = _number(top.get("shutdown_seconds", 8), "shutdown_seconds", errs, integer=False, positive=True,
+                       maximum=60)
 
     if errs.items:
         raise ConfigError(errs.items, source)

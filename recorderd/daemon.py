@@ -59,6 +59,8 @@ class Daemon:
         return {s.current_file for s in self.supervisors.values() if s.current_file}
 
     def _start_camera(self, cam: Camera) -> None:
+        if self.stop_event.is_set():
+            return
         sup = CameraSupervisor(cam, self.config.storage.root, self.indexer.submit,
                                ffmpeg_bin=self.ffmpeg_bin, probe=probe_duration)
         self.supervisors[cam.id] = sup
@@ -73,7 +75,7 @@ class Daemon:
         await sup.stop(q_wait=budget * 0.5, term_wait=budget * 0.25)
         if task is not None:
             try:
-                await asyncio.wait_for(task, budget * 0.25 + 2)
+                await asyncio.wait_for(task, budget * 0.15 + 1)
             except TimeoutError:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -83,12 +85,17 @@ class Daemon:
 
     async def reload(self, trigger: str) -> bool:
         """Validate the new file whole; on any error keep running the old one."""
+        if self.stop_event.is_set():
+            return False
         try:
             new = await asyncio.to_thread(load_config, self.config_path)
-        except ConfigError as exc:
+        except Exception as exc:  # ConfigError, or anything unexpected: never worth the cameras
+            errors = exc.errors if isinstance(exc, ConfigError) else [f"unexpected error: {exc!r}"]
             metrics.CONFIG_RELOADS.labels("error").inc()
             metrics.CONFIG_LAST_RELOAD_OK.set(0)
-            log.error("config_reload_failed", trigger=trigger, path=str(self.config_path), errors=exc.errors)
+            log.error("config_reload_failed", trigger=trigger, path=str(self.config_path), errors=errors)
+            return False
+        if self.stop_event.is_set():
             return False
         old = self.config
         for key, label in ((old.storage.root != new.storage.root, "storage.root"),
@@ -104,10 +111,14 @@ class Daemon:
         await asyncio.gather(*(self._stop_camera(c.id, budget) for c in diff.removed + diff.restarted))
         for cam in diff.removed:
             metrics.forget_camera(cam.id)
+        if self.stop_event.is_set():  # shutdown began while we stopped cameras: start nothing
+            return False
         for cam in diff.added + diff.restarted:
             self._start_camera(cam)
         for cam in diff.updated:
-            self.supervisors[cam.id].update(cam)
+            sup = self.supervisors.get(cam.id)
+            if sup is not None:
+                sup.update(cam)
         self.indexer.update_config(new)
         self.sweeper.update_config(new)
         metrics.CONFIG_RELOADS.labels("success").inc()
@@ -122,7 +133,10 @@ class Daemon:
             await self.reload_event.wait()
             self.reload_event.clear()
             systemd.reloading()
-            await self.reload("change")
+            try:
+                await self.reload("change")
+            except Exception as exc:  # a reload bug must not stop the cameras
+                log.exception("config_reload_failed", errors=[f"unexpected error: {exc!r}"])
             systemd.notify("READY=1\nSTATUS=" + self.summary())
 
     # ------------------------------------------------------------------ status, health
@@ -228,26 +242,43 @@ class Daemon:
                 failure = task.exception() if not task.cancelled() else None
                 log.critical("core_task_failed", task=task.get_name(), error=repr(failure))
         stop.cancel()
-        await self.shutdown()
+        try:  # backstop: the daemon exits within shutdown_seconds + 2 whatever hangs
+            await asyncio.wait_for(self.shutdown(), self.config.shutdown_seconds + 1.5)
+        except TimeoutError:
+            log.error("shutdown_timeout", seconds=self.config.shutdown_seconds + 1.5)
+            for sup in self.supervisors.values():
+                sup.kill_now()
+            remove_status(self.config.storage.status_file)
         return self.exit_code
 
     async def shutdown(self) -> None:
-        """Drain within ``shutdown_seconds``: cameras close their open segment, then the index flushes."""
+        """Drain within ``shutdown_seconds``: cameras close their open segment, then the index flushes.
+
+        One deadline covers every step; what is still waiting on a hung server at the end is dropped
+        (the files are on disk: the next start's reconcile indexes them).
+        """
         systemd.stopping()
+        self.stop_event.set()
         budget = self.config.shutdown_seconds
         deadline = time.monotonic() + budget
+        for task in self.core_tasks:  # reload/watch first: nothing may start cameras now
+            if task.get_name() in ("reload", "config-watch"):
+                task.cancel()
         await asyncio.gather(*(self._stop_camera(cid, budget * 0.7) for cid in list(self.supervisors)))
-        left = max(0.5, deadline - time.monotonic())
+        left = deadline - time.monotonic()
         try:
-            await self.indexer.close(left)
+            await asyncio.wait_for(self.indexer.close(max(0.2, left - 1.0)), max(0.5, left))
         except Exception as exc:
-            log.error("indexer_close_failed", error=repr(exc))
+            log.error("indexer_close_failed", error=repr(exc), pending=self.indexer.pending_count)
         for task in self.core_tasks:
             task.cancel()
         await asyncio.gather(*self.core_tasks, return_exceptions=True)
         if self.metrics_server is not None:
             await self.metrics_server.close()
-        await self.db.close()
+        try:
+            await asyncio.wait_for(self.db.close(), max(0.2, deadline + 1.0 - time.monotonic()))
+        except Exception:
+            self.db.terminate()
         remove_status(self.config.storage.status_file)
         log.info("daemon_stopped", exit_code=self.exit_code,
                  seconds=round(budget - (deadline - time.monotonic()), 2))

@@ -283,6 +283,12 @@ class Database:
             except Exception:
                 pool.terminate()
 
+    def terminate(self) -> None:
+        """Shutdown out of time: drop every connection without waiting on the server."""
+        self._drop_pool()
+        self._up = False
+        metrics.DATABASE_UP.set(0)
+
     # ----------------------------------------------------------------- state
 
     def _drop_pool(self) -> None:

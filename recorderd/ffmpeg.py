@@ -20,7 +20,8 @@ MP4_AUDIO_CODECS = frozenset({"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac
 FRAG_OPTIONS = "movflags=+frag_keyframe+empty_moov+default_base_moof:flush_packets=1"
 
 
-def build_command(camera: Camera, *, audio_mode: str | None = None, ffmpeg: str = "ffmpeg") -> list[str]:
+def build_command(camera: Camera, *, audio_mode: str | None = None, ffmpeg: str = "ffmpeg",
+                  pattern: str = FFMPEG_PATTERN) -> list[str]:
     """argv for one camera; run it with cwd = the camera directory and TZ=UTC.
 
     ``audio_mode`` overrides ``camera.audio`` ("auto" starts as copy; the supervisor switches to
@@ -54,7 +55,7 @@ def build_command(camera: Camera, *, audio_mode: str | None = None, ffmpeg: str 
         "-segment_format_options", FRAG_OPTIONS,
         "-segment_list", "pipe:1",
         "-segment_list_type", "csv",
-        FFMPEG_PATTERN,
+        pattern,
     ]
     return argv
 

@@ -13,8 +13,14 @@ from pathlib import Path
 from recorderd.config import CAMERA_ID_RE
 
 DAY_RE = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})\Z")
-FILE_RE = re.compile(r"^([0-9]{2})-([0-9]{2})-([0-9]{2})\.mp4\Z")
+# ``HH-MM-SS.mp4``; ``HH-MM-SS_<tag>.mp4`` when the clock stepped back and the plain name may exist
+FILE_RE = re.compile(r"^([0-9]{2})-([0-9]{2})-([0-9]{2})(?:_[a-z0-9]{1,16})?\.mp4\Z")
 FFMPEG_PATTERN = "%Y-%m-%d/%H-%M-%S.mp4"  # relative to the camera directory; FFmpeg runs with TZ=UTC
+
+
+def ffmpeg_pattern(tag: str | None = None) -> str:
+    """FFmpeg's output pattern; a ``tag`` keeps names unique when the wall clock repeats itself."""
+    return FFMPEG_PATTERN if not tag else f"%Y-%m-%d/%H-%M-%S_{tag}.mp4"
 STATE_DIR = ".recorderd"  # under the root; camera ids cannot start with '.'
 
 

@@ -31,6 +31,7 @@ from recorderd import ffmpeg, metrics
 from recorderd.backoff import Backoff
 from recorderd.config import Camera
 from recorderd.events import SegmentEvent
+from recorderd.layout import FILE_RE, ffmpeg_pattern, parse_segment_path
 from recorderd.logging import get_logger
 from recorderd.masking import mask_text, secrets_of
 from recorderd.ratelimit import KeyedRateLimiter
@@ -68,6 +69,8 @@ class _Run:
     stderr: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL))
     progress_at: float = 0.0  # monotonic time output last grew
     progress_key: tuple[str, int] | None = None
+    clock_offset: float = 0.0  # wall - monotonic at start: a drop means the wall clock stepped back
+    clock_stepped: bool = False
 
 
 class CameraSupervisor:
@@ -102,6 +105,8 @@ class CameraSupervisor:
         self._last_exit_wall = 0.0
         self._days_ready: set[str] = set()
         self._drift_warned = False
+        self._newest_name: float | None = None  # newest file name time (s) this camera has on disk
+        self._storage_error_logged = False
         metrics.set_camera_state(camera.id, self.state)
 
     # ------------------------------------------------------------------ public
@@ -169,12 +174,32 @@ class CameraSupervisor:
     async def _record_once(self) -> None:
         cam = self.camera
         cam_dir = self.root / cam.id
-        await asyncio.to_thread(self._ensure_days, time.time(), force=True)
         run = _Run(run_id=str(uuid.uuid4()), started=time.monotonic(), started_wall=time.time())
+        try:
+            await asyncio.to_thread(self._ensure_days, time.time(), force=True)
+            if self._newest_name is None:
+                self._newest_name = await asyncio.to_thread(self._scan_newest_name)
+        except OSError as exc:  # unwritable or full storage: not a camera problem, not a bug
+            if not self._storage_error_logged:
+                self._storage_error_logged = True
+                self.log.error("storage_error", path=str(cam_dir), error=str(exc))
+            self._after_exit(run, rc=None, reason="storage_error")
+            await self._wait_before_retry(run, "storage_error")
+            return
+        self._storage_error_logged = False
+        if self._stopping.is_set():
+            return
         self._run = run
         if self.state != "offline":  # an offline camera stays offline until it records again
             self._set_state("starting")
-        argv = ffmpeg.build_command(cam, audio_mode=self._audio_mode, ffmpeg=self.ffmpeg_bin)
+        tag = None
+        if self._newest_name is not None and time.time() < self._newest_name + 1:
+            # the wall clock is behind footage already on disk: plain names would overwrite it
+            tag = run.run_id[:8]
+            self.log.warning("clock_behind_footage", newest_file_time=self._newest_name,
+                             now=time.time(), suffix=tag)
+        argv = ffmpeg.build_command(cam, audio_mode=self._audio_mode, ffmpeg=self.ffmpeg_bin,
+                                    pattern=ffmpeg_pattern(tag))
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TZ": "UTC", "LC_ALL": "C"}
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -189,6 +214,9 @@ class CameraSupervisor:
             return
         run.proc = proc
         run.progress_at = time.monotonic()
+        run.clock_offset = time.time() - time.monotonic()
+        if self._stopping.is_set():  # stop() ran while we were spawning: it saw no process
+            await self._terminate(proc, 4.0, 2.0, why="stop")
         self.log.info("ffmpeg_started", pid=proc.pid, url=cam.masked_url, run_id=run.run_id,
                       audio=self._audio_mode, segment_seconds=cam.segment_seconds)
         readers = [
@@ -216,6 +244,8 @@ class CameraSupervisor:
             return "stopped"
         if run.stall_killed:
             return "stall"
+        if run.clock_stepped:
+            return "clock_step"
         lines = list(run.stderr)
         codec = ffmpeg.audio_refused(lines)
         if codec and self.camera.audio == "auto" and self._audio_mode == "copy":
@@ -251,15 +281,15 @@ class CameraSupervisor:
                 self.log.warning("camera_offline", url=self.camera.masked_url, rc=rc, stderr=tail)
             self._set_state("offline")
             return
-        level = "warning" if reason in ("camera_dropped", "stall", "audio_transcode") else "error"
+        level = "warning" if reason in ("camera_dropped", "stall", "audio_transcode", "clock_step") else "error"
         getattr(self.log, level)("ffmpeg_exited", rc=rc, reason=reason, run_seconds=round(lasted, 1),
                                  segments=run.segments, stderr=tail)
-        if reason != "audio_transcode":
+        if reason not in ("audio_transcode", "clock_step"):
             self._set_state("backoff")
 
     async def _wait_before_retry(self, run: _Run, reason: str) -> None:
         lasted = time.monotonic() - run.started
-        if reason == "audio_transcode":
+        if reason in ("audio_transcode", "clock_step"):
             delay = 0.0
         else:
             delay = self.backoff.next_delay(lasted if run.segments else 0.0)
@@ -299,7 +329,10 @@ class CameraSupervisor:
                 return
             entry = ffmpeg.parse_list_line(raw.decode("utf-8", "replace"))
             if entry is not None:
-                self._segment_closed(run, entry, time.time())
+                try:
+                    self._segment_closed(run, entry, time.time())
+                except Exception as exc:  # keep draining: a stuck pipe would stall FFmpeg
+                    self.log.exception("segment_close_failed", error=repr(exc), name=entry.name)
 
     async def _read_stderr(self, run: _Run, proc: asyncio.subprocess.Process) -> None:
         """Drain continuously: a full pipe would block FFmpeg itself."""
@@ -315,13 +348,16 @@ class CameraSupervisor:
             if not line:
                 continue
             run.stderr.append(line)
-            opened = ffmpeg.parse_opening(line)
-            if opened is not None:
-                self._segment_opened(run, opened)
-            elif ffmpeg.stderr_level(line) and self.state == "recording":
-                self._forward_stderr(line)
-            else:
-                self.log.debug("ffmpeg_output", line=mask_text(line, self._secrets))
+            try:
+                opened = ffmpeg.parse_opening(line)
+                if opened is not None:
+                    self._segment_opened(run, opened)
+                elif ffmpeg.stderr_level(line) and self.state == "recording":
+                    self._forward_stderr(line)
+                else:
+                    self.log.debug("ffmpeg_output", line=mask_text(line, self._secrets))
+            except Exception as exc:  # keep draining: a full stderr pipe blocks FFmpeg itself
+                self.log.exception("ffmpeg_output_failed", error=repr(exc))
 
     def _forward_stderr(self, line: str) -> None:
         """Problems FFmpeg reports while recording, rate-limited so a broken camera cannot flood."""
@@ -337,7 +373,13 @@ class CameraSupervisor:
         path = str(self.root / self.camera.id / rel)
         run.opened[os.path.basename(rel)] = path
         self.current_file = path
-        self._ensure_days(time.time())
+        parsed = parse_segment_path(self.root, path)
+        if parsed is not None and (self._newest_name is None or parsed[1] > self._newest_name):
+            self._newest_name = parsed[1]
+        try:
+            self._ensure_days(time.time())
+        except OSError as exc:  # FFmpeg will fail to open tomorrow's file and be restarted
+            self.log.error("storage_error", path=str(self.root / self.camera.id), error=str(exc))
 
     def _segment_closed(self, run: _Run, entry: ffmpeg.ListEntry, now: float) -> None:
         path = run.opened.pop(entry.name, None)
@@ -445,6 +487,12 @@ class CameraSupervisor:
                 except OSError:
                     key = None
             now = time.monotonic()
+            if not run.clock_stepped and time.time() - now < run.clock_offset - 1.0:
+                # names come from the wall clock: restart so the new run takes unique names
+                run.clock_stepped = True
+                self.log.warning("clock_stepped_back", seconds=round(run.clock_offset - (time.time() - now), 3))
+                await self._terminate(proc, 3.0, 2.0, why="clock_step")
+                return
             if key is not None and key != run.progress_key:
                 run.progress_key = key
                 run.progress_at = now
@@ -517,6 +565,23 @@ class CameraSupervisor:
             self.state = state
             self.state_since = time.time()
         metrics.set_camera_state(self.camera.id, state)
+
+    def _scan_newest_name(self) -> float | None:
+        """Newest segment name time on disk for this camera (after a daemon restart: once)."""
+        cam_dir = self.root / self.camera.id
+        try:
+            days = sorted((d for d in os.listdir(cam_dir) if len(d) == 10), reverse=True)
+        except OSError:
+            return None
+        for day in days:
+            try:
+                names = [n for n in os.listdir(cam_dir / day) if FILE_RE.match(n)]
+            except OSError:
+                continue
+            times = [p[1] for n in names if (p := parse_segment_path(self.root, cam_dir / day / n))]
+            if times:
+                return max(times)
+        return None
 
     def _ensure_days(self, now: float, force: bool = False) -> None:
         """FFmpeg's strftime names need the day directory to exist: make today's and tomorrow's."""

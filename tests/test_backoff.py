@@ -21,7 +21,8 @@ def test_jitter_stays_within_bounds_and_varies() -> None:
 def test_cap_holds_with_jitter() -> None:
     b = Backoff(cap=60, jitter=0.2, rng=random.Random(1))
     b.attempt = 50
-    assert all(b.next_delay() <= 72 for _ in range(100))
+    delays = [b.next_delay() for _ in range(100)]
+    assert all(48 <= d <= 60 for d in delays)
 
 
 def test_long_run_resets_sequence_short_run_does_not() -> None:

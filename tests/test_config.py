@@ -667,3 +667,15 @@ def test_config_objects_are_frozen() -> None:
         c.cameras[0].url = "rtsp://evil/x"  # type: ignore[misc]
     with pytest.raises(AttributeError):
         c.storage.root = Path("/")  # type: ignore[misc]
+
+
+def test_huge_integer_is_a_config_error_not_a_crash() -> None:
+    from recorderd.config import ConfigError, parse_text
+
+    with pytest.raises(ConfigError) as err:
+        parse_text("storage: {root: /r}\nretention: {interval_seconds: " + "9" * 400 + "}\n"
+                   "cameras: [{id: a, url: 'rtsp://h/x', segment_seconds: " + "9" * 400 + "}]\n")
+    errors = err.value.errors
+    assert any(e.startswith("retention.interval_seconds: must be at most 86400") for e in errors), errors
+    assert any(e.startswith("cameras[0].segment_seconds: must be at most 86400") for e in errors), errors
+    assert all(len(e) < 200 for e in errors)  # a 400-digit number is not echoed whole

@@ -192,3 +192,43 @@ async def test_audio_copied_or_transcoded(testcam_factory, rig_factory, audio: s
     await rig.stop()
     streams = {s["codec_type"]: s["codec_name"] for s in ffprobe(rig.ffmpeg_events()[-1].path)["streams"]}
     assert streams == {"video": "h264", "audio": codec}
+
+
+async def test_clock_behind_footage_never_overwrites(shared_cam, rig_factory) -> None:  # type: ignore[no-untyped-def]
+    rig = rig_factory(shared_cam.url)
+    # footage "from the future": what a wall clock stepped back (RTC ahead at boot) leaves behind
+    future = time.time() + 120
+    day = rig.root / "cam-1" / datetime.fromtimestamp(future, UTC).strftime("%Y-%m-%d")
+    day.mkdir(parents=True)
+    planted = day / datetime.fromtimestamp(future, UTC).strftime("%H-%M-%S.mp4")
+    planted.write_bytes(b"earlier footage")
+    await rig.start()
+    await wait_until(lambda: len(rig.ffmpeg_events()) >= 2, 30, what="segments")
+    await rig.stop()
+    assert planted.read_bytes() == b"earlier footage"
+    for e in rig.ffmpeg_events():
+        parsed = parse_segment_path(rig.root, e.path)  # still our layout, with a run tag
+        assert parsed is not None and "_" in os.path.basename(e.path), e.path
+
+
+async def test_stop_right_after_start_leaves_no_ffmpeg(shared_cam, rig_factory) -> None:  # type: ignore[no-untyped-def]
+    rig = rig_factory(shared_cam.url)
+    await rig.start()
+    await asyncio.sleep(0.95)  # lands around the spawn (the first start waits for the next second)
+    took = await rig.stop()
+    assert took < 8
+    assert rig.sup.pid is None
+
+
+async def test_unwritable_storage_is_a_logged_backoff_not_a_crash(shared_cam, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    root = tmp_path / "rec"
+    root.mkdir()
+    (root / "cam-1").write_text("not a directory")  # mkdir of the day directory fails
+    events: list[SegmentEvent] = []
+    config = make_config(root, [camera_doc("cam-1", shared_cam.url)])
+    sup = CameraSupervisor(config.cameras[0], root, events.append, probe=probe_duration)
+    task = asyncio.create_task(sup.run())
+    await wait_until(lambda: sup.restarts >= 2, 20, what="retries with backoff")
+    assert sup.state == "backoff" and not task.done() and events == []
+    await sup.stop()
+    await asyncio.wait_for(task, 10)
