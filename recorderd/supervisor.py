@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
-import signal
 import time
 import uuid
 from collections import deque
@@ -34,6 +32,7 @@ from recorderd.events import SegmentEvent
 from recorderd.layout import FILE_RE, ffmpeg_pattern, parse_segment_path
 from recorderd.logging import get_logger
 from recorderd.masking import mask_text, secrets_of
+from recorderd.process import port_open, set_pdeathsig, stop_process
 from recorderd.ratelimit import KeyedRateLimiter
 
 STDERR_TAIL = 30
@@ -41,15 +40,6 @@ PROBE_INTERVAL = 1.0  # TCP probe of an offline camera, so a return is noticed w
 STARTUP_GRACE = 15.0  # extra time before the first byte counts as a stall
 # FFmpeg stderr forwarded to the journal: a burst of 20 lines, then 1 line/s per camera
 _STDERR_LIMIT = KeyedRateLimiter(rate=1.0, burst=20)
-
-
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child
-    """FFmpeg dies with us (SIGKILL of the daemon), instead of recording on unsupervised."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 @dataclass(slots=True)
@@ -167,7 +157,7 @@ class CameraSupervisor:
         run = self._run
         if run is None or run.proc is None or run.proc.returncode is not None:
             return
-        await self._terminate(run.proc, q_wait, term_wait, why="stop")
+        await stop_process(run.proc, q_wait, term_wait, why="stop", log=self.log)
 
     # ------------------------------------------------------------------ one FFmpeg run
 
@@ -205,7 +195,7 @@ class CameraSupervisor:
             proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=cam_dir, env=env, stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True, preexec_fn=_set_pdeathsig,
+                start_new_session=True, preexec_fn=set_pdeathsig,
             )
         except OSError as exc:
             self.log.error("ffmpeg_spawn_failed", error=str(exc), ffmpeg=self.ffmpeg_bin)
@@ -216,7 +206,7 @@ class CameraSupervisor:
         run.progress_at = time.monotonic()
         run.clock_offset = time.time() - time.monotonic()
         if self._stopping.is_set():  # stop() ran while we were spawning: it saw no process
-            await self._terminate(proc, 4.0, 2.0, why="stop")
+            await stop_process(proc, 4.0, 2.0, why="stop", log=self.log)
         self.log.info("ffmpeg_started", pid=proc.pid, url=cam.masked_url, run_id=run.run_id,
                       audio=self._audio_mode, segment_seconds=cam.segment_seconds)
         readers = [
@@ -312,7 +302,7 @@ class CameraSupervisor:
             if left <= 0:
                 return
             await self._sleep(min(PROBE_INTERVAL, left))
-            if addr and await _port_open(*addr, timeout=min(1.0, PROBE_INTERVAL)):
+            if addr and await port_open(*addr, timeout=min(1.0, PROBE_INTERVAL)):
                 self.log.debug("camera_port_open", host=addr[0], port=addr[1])
                 return
 
@@ -491,7 +481,7 @@ class CameraSupervisor:
                 # names come from the wall clock: restart so the new run takes unique names
                 run.clock_stepped = True
                 self.log.warning("clock_stepped_back", seconds=round(run.clock_offset - (time.time() - now), 3))
-                await self._terminate(proc, 3.0, 2.0, why="clock_step")
+                await stop_process(proc, 3.0, 2.0, why="clock_step", log=self.log)
                 return
             if key is not None and key != run.progress_key:
                 run.progress_key = key
@@ -505,39 +495,10 @@ class CameraSupervisor:
                 self._set_state("stalled")
                 self.log.warning("camera_stalled", seconds=round(now - run.progress_at, 1),
                                  current_file=cur)
-                await self._terminate(proc, 0.0, 2.0, why="stall")
+                await stop_process(proc, 0.0, 2.0, why="stall", log=self.log)
                 return
 
     # ------------------------------------------------------------------ helpers
-
-    async def _terminate(self, proc: asyncio.subprocess.Process, q_wait: float, term_wait: float,
-                         why: str) -> None:
-        """``q`` on stdin, then SIGTERM, then SIGKILL, each step logged and bounded."""
-        steps: list[tuple[str, float]] = []
-        if q_wait > 0:
-            steps.append(("q", q_wait))
-        steps += [("SIGTERM", term_wait), ("SIGKILL", 5.0)]
-        for step, wait in steps:
-            if proc.returncode is not None:
-                return
-            try:
-                if step == "q":
-                    if proc.stdin is not None and not proc.stdin.is_closing():
-                        proc.stdin.write(b"q")
-                        with contextlib.suppress(Exception):
-                            await asyncio.wait_for(proc.stdin.drain(), 1.0)
-                elif step == "SIGTERM":
-                    proc.send_signal(signal.SIGTERM)
-                else:
-                    proc.kill()
-            except (ProcessLookupError, BrokenPipeError, ConnectionResetError):
-                return
-            self.log.info("ffmpeg_stopping", step=step, why=why, pid=proc.pid, wait=wait)
-            try:
-                await asyncio.wait_for(asyncio.shield(proc.wait()), wait)
-                return
-            except TimeoutError:
-                continue
 
     async def _kill_now(self) -> None:
         run = self._run
@@ -594,14 +555,3 @@ class CameraSupervisor:
             keep = {(datetime.fromtimestamp(now, UTC) + timedelta(days=d)).strftime("%Y-%m-%d")
                     for d in (0, 1)}
             self._days_ready &= keep
-
-
-async def _port_open(host: str, port: int, timeout: float) -> bool:
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(Exception):
-        await writer.wait_closed()
-    return True
