@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from recorderd.statusfile import pid_alive
+
 TEST_USER = "recorderd-test"
 SUPERUSER = "postgres"
 
@@ -246,12 +248,8 @@ class PgCluster:
         pid = self.pid
         if pid is None:
             return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not pid_alive(pid):
             return False
-        except PermissionError:
-            return True
         try:  # a zombie or a recycled pid is not our postmaster
             with open(f"/proc/{pid}/stat") as f:
                 state = f.read().rsplit(")", 1)[1].split()[0]
