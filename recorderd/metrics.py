@@ -11,7 +11,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from recorderd import __version__
 
-CAMERA_STATES = ("starting", "recording", "offline", "backoff", "stalled", "disabled")
+CAMERA_STATES = ("starting", "recording", "offline", "backoff", "stalled", "disabled", "storage_missing")
 
 BUILD_INFO = Info("recorderd_build", "Build information")
 BUILD_INFO.info({"version": __version__})
@@ -58,6 +58,24 @@ CONFIG_RELOADS = Counter("recorderd_config_reloads_total", "Config reloads by re
 CONFIG_LAST_RELOAD_OK = Gauge("recorderd_config_last_reload_successful",
                               "1 if the last config reload was applied")
 
+# --- time, storage volume, database slowness (issue 8)
+CLOCK_TRUSTED = Gauge("recorderd_clock_trusted",
+                      "1 while the wall clock is trusted; 0 while age deletions are refused")
+CLOCK_STEPS = Counter("recorderd_clock_steps_total", "Wall-clock steps detected against monotonic time",
+                      ["direction"])
+RESTAMPED_SEGMENTS = Counter("recorderd_restamped_segments_total",
+                             "Indexed segments whose times were corrected after a clock step")
+CAMERA_RESYNCS = Counter("recorderd_camera_resyncs_total",
+                         "Runs re-synced because stream time and wall time parted", ["camera", "reason"])
+RETENTION_PAUSED = Gauge("recorderd_retention_paused",
+                         "1 while retention refuses deletions for the named reason", ["reason"])
+STORAGE_MISSING = Gauge("recorderd_storage_missing",
+                        "1 while the storage volume marker is missing and the index has footage")
+DATABASE_TIMEOUTS = Counter("recorderd_database_timeouts_total",
+                            "Database operations that timed out (slow, not down): retried", ["op"])
+HEADER_ONLY_REMOVED = Counter("recorderd_header_only_files_removed_total",
+                              "Segment files holding only an MP4 header (no media) that were removed")
+
 HEALTHY = Gauge("recorderd_healthy", "1 when /healthz reports ok, 0 when degraded")
 HEALTH_DEGRADED = Gauge("recorderd_health_degraded", "1 while the named health check fails", ["check"])
 
@@ -80,8 +98,12 @@ def forget_camera(camera: str) -> None:
     """A removed camera's series go away instead of freezing at their last value."""
     for s in CAMERA_STATES:
         _remove(CAMERA_STATE, camera, s)
-    for g in (CAMERA_UP, LAST_SEGMENT_END, STORAGE_USED, CAMERA_SEGMENT_SECONDS, FFMPEG_OUTPUT_SUPPRESSED):
+    for g in (CAMERA_UP, LAST_SEGMENT_END, STORAGE_USED, CAMERA_SEGMENT_SECONDS, FFMPEG_OUTPUT_SUPPRESSED,
+              SEGMENTS, SEGMENT_BYTES):
         _remove(g, camera)
+    for metric in (FFMPEG_RESTARTS, CAMERA_RESYNCS):  # labelled (camera, reason): every reason seen
+        for labels in [k for k in list(metric._metrics) if k[0] == camera]:  # noqa: SLF001
+            _remove(metric, *labels)
 
 
 def _remove(metric: MetricWrapperBase, *labels: str) -> None:

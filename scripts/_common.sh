@@ -29,6 +29,8 @@ RD_APT_PACKAGES=(
     gstreamer1.0-plugins-bad
     gstreamer1.0-plugins-ugly
     gstreamer1.0-libav
+    faketime  # libfaketime: the clock-step tests move the wall clock under a running daemon
+    util-linux  # setpriv --pdeathsig: FFmpeg dies with the daemon without a fork-time hook
 )
 RD_APT_OPTIONAL=(prometheus systemd shellcheck)  # promtool, systemd-analyze, shellcheck: their checks skip without them
 
