@@ -6,12 +6,28 @@ carry a URL; camera labels are the config id only.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+import time
+
+from prometheus_client import PROCESS_COLLECTOR, REGISTRY, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.metrics import MetricWrapperBase
 
 from recorderd import __version__
 
 CAMERA_STATES = ("starting", "recording", "offline", "backoff", "stalled", "disabled", "storage_missing")
+
+
+
+class _ProcessCollector(ProcessCollector):
+    """``process_*`` metrics that need only ``/proc/self``: the unit's ``ProcSubset=pid`` hides
+    ``/proc/stat``, where the stock collector reads the boot time (without it every series is gone)."""
+
+    def _boot_time(self) -> float:
+        return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+if isinstance(PROCESS_COLLECTOR, ProcessCollector) and not isinstance(PROCESS_COLLECTOR, _ProcessCollector):
+    REGISTRY.unregister(PROCESS_COLLECTOR)
+    _ProcessCollector(registry=REGISTRY)
 
 BUILD_INFO = Info("recorderd_build", "Build information")
 BUILD_INFO.info({"version": __version__})

@@ -3,6 +3,7 @@ operator's files. Builds a real venv (pip install of this checkout), so it takes
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -10,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_systemd import systemd_parsed
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "install"
@@ -80,6 +82,11 @@ def test_install_into_a_temporary_root_twice(tmp_path: Path) -> None:
     recordings = root / "var/lib/recorderd/recordings"
     assert recordings.is_dir() and mode(recordings) == 0o750
 
+    dropin = root / "etc/systemd/system/recorderd.service.d/storage.conf"
+    if example.exists():  # the example's storage.root is the default one: no ReadWritePaths= needed
+        assert dropin_settings(dropin) == ["[Unit]", "RequiresMountsFor=/var/lib/recorderd/recordings"]
+        assert mode(dropin) == 0o644
+
     # an operator edits the config and the env file, then upgrades
     cameras.write_text("# operator's cameras\n")
     env.write_text("RECORDERD_DATABASE_URL=postgresql://rec:pw@db/rec\n")
@@ -92,3 +99,61 @@ def test_install_into_a_temporary_root_twice(tmp_path: Path) -> None:
     assert (recordings / "cam1").is_dir()
     assert unit.read_text() == (REPO / "systemd/recorderd.service").read_text()  # ours: replaced
     assert script.read_text().splitlines()[0].startswith("#!/opt/recorderd/venv/bin/python")
+    # the operator's config does not load (no storage.root): the drop-in stays as it was
+    assert "storage.root" in proc.stderr and "storage.conf left as it was" in proc.stdout
+    if example.exists():
+        assert dropin_settings(dropin) == ["[Unit]", "RequiresMountsFor=/var/lib/recorderd/recordings"]
+
+
+def dropin_settings(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+@pytest.mark.timeout(900)
+def test_storage_dropin_follows_storage_root(tmp_path: Path) -> None:
+    """storage.conf is rewritten from storage.root on every run, escaped so that systemd reads back
+    the very path (space, %, quote, backslash), and makes the disk's mount unit a requirement."""
+    root = tmp_path / "root"
+    assert run_install(root, "--root", str(root), "--no-systemctl").returncode == 0
+    cameras = root / "etc/recorderd/cameras.yaml"
+    dropin = root / "etc/systemd/system/recorderd.service.d/storage.conf"
+    storage = '/srv/nvr disk/rec "a" 100%\\b'
+    cameras.write_text(
+        "storage:\n"
+        f"  root: {json.dumps(storage)}\n"
+        "  status_file: /run/recorderd/status.json\n"
+        "cameras:\n"
+        "  - {id: cam-1, url: 'rtsp://u:secret@10.0.0.5/s'}\n")
+    proc = run_install(root, "--root", str(root), "--no-systemctl")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "secret" not in proc.stdout + proc.stderr
+    escaped = '/srv/nvr\\ disk/rec\\ \\"a\\"\\ 100%%\\\\b'
+    assert dropin_settings(dropin) == [
+        "[Unit]", f"RequiresMountsFor={escaped}",
+        "[Service]", f"ReadWritePaths={escaped} -/run/recorderd",
+    ]
+
+    odd_dropin = dropin.read_text()
+
+    # no escape can carry a control character: refused, the previous drop-in stays
+    cameras.write_text('storage: {root: "/srv/a\\nb"}\ncameras: []\n')
+    proc = run_install(root, "--root", str(root), "--no-systemctl")
+    assert proc.returncode == 0 and "control character" in proc.stderr, proc.stdout + proc.stderr
+    assert dropin.read_text() == odd_dropin
+
+    # back under /var/lib/recorderd: only RequiresMountsFor=, the unit already has ReadWritePaths=
+    cameras.write_text("storage: {root: /var/lib/recorderd/recordings/}\ncameras: []\n")
+    assert run_install(root, "--root", str(root), "--no-systemctl").returncode == 0
+    assert dropin_settings(dropin) == ["[Unit]", "RequiresMountsFor=/var/lib/recorderd/recordings"]
+
+    # what systemd makes of the odd path's drop-in, next to the unit as installed and the disk's
+    # mount unit (last: it skips without systemd)
+    mount = "srv-nvr\\x20disk.mount"  # systemd-escape --path --suffix=mount '/srv/nvr disk'
+    parsed = systemd_parsed({
+        "recorderd.service": (root / "etc/systemd/system/recorderd.service").read_text(),
+        "recorderd.service.d/storage.conf": odd_dropin,
+        mount: "[Mount]\nWhat=/dev/disk/by-label/nvr\nWhere=/srv/nvr disk\n",
+    })
+    assert f"RequiresMountsFor: {storage} (origin-file)" in parsed
+    assert f"ReadWritePaths: /var/lib/recorderd {storage} -/run/recorderd" in parsed
+    assert f"Requires: {mount} (origin-path)" in parsed and f"After: {mount} (origin-path)" in parsed

@@ -9,6 +9,8 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -157,6 +159,49 @@ async def test_watchdog_pings_at_half_interval_and_stop_when_loop_is_stuck(
 
 # ---------------------------------------------------------------------------- the unit file
 
+SYSTEMD = next((p for p in ("/lib/systemd/systemd", "/usr/lib/systemd/systemd") if os.access(p, os.X_OK)), None)
+
+
+def systemd_parsed(units: dict[str, str], unit: str = "recorderd.service") -> list[str]:
+    """``unit`` as systemd itself parsed it: ``systemd --test`` dumps every unit of the initial
+    transaction. ``units`` maps paths relative to a unit directory (drop-ins included) to their text;
+    that directory goes first in the search path, the system's own units after it. Fails on any
+    warning about those files; returns the dump lines of ``unit`` (``Key: value``), or skips."""
+    if SYSTEMD is None:
+        pytest.skip("systemd not installed (apt-get install systemd)")
+    cmd = ["env", "-i", "HOME=/", "PATH=/usr/bin:/bin"]
+    if os.geteuid() == 0:  # systemd refuses test mode as root
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("setpriv not installed: cannot run systemd --test unprivileged")
+        cmd = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+    with tempfile.TemporaryDirectory(prefix="recorderd-units-") as d:
+        os.chmod(d, 0o755)
+        for rel, text in units.items():
+            path = Path(d) / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.chmod(0o755)
+            path.write_text(text)
+            path.chmod(0o644)
+        proc = subprocess.run([*cmd, f"SYSTEMD_UNIT_PATH={d}:", SYSTEMD, "--test", "--system", f"--unit={unit}"],
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    # what systemd-analyze verify would say about our files: unknown keys, invalid values
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith(d)]
+    assert not warnings, warnings
+    block: list[str] = []
+    for line in proc.stdout.splitlines():
+        if line.startswith("\t-> Unit "):
+            if block:
+                break
+            if line == f"\t-> Unit {unit}:":
+                block.append(line)
+        elif block:
+            block.append(line.strip())
+    assert block, f"{unit} not in the dump:\n{proc.stdout[-3000:]}"
+    return block
+
+
 
 def unit_settings() -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
@@ -206,6 +251,59 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
                           timeout=60)
     ours = [line for line in (proc.stdout + proc.stderr).splitlines() if "recorderd.service" in line]
     assert proc.returncode == 0 and not ours, proc.stdout + proc.stderr
+
+
+def test_unit_hides_other_users_processes_from_the_service() -> None:
+    """ProtectProc=invisible: the daemon and FFmpeg (which parses whatever a camera sends) see only
+    the recorderd user's processes. It does not hide FFmpeg's command line from other users."""
+    s = unit_settings()
+    assert s["User"] == ["recorderd"] and "DynamicUser" not in s
+    assert s.get("ProtectProc") == ["invisible"]
+    assert s.get("ProcSubset") == ["pid"]
+    parsed = systemd_parsed({"recorderd.service": UNIT.read_text()})
+    assert "ProtectProc: invisible" in parsed
+    assert "ProcSubset: pid" in parsed
+
+
+def test_proc_restrictions_keep_the_process_metrics() -> None:
+    """Mount /proc as the unit has systemd mount it for the service (ProtectProc= -> hidepid=,
+    ProcSubset=pid -> subset=pid) and check the daemon's registry still exports process_* metrics:
+    prometheus_client reads /proc/stat, which subset=pid hides, and then drops them all."""
+    s = unit_settings()
+    opts = []
+    if s.get("ProtectProc", ["default"])[-1] != "default":
+        opts.append("hidepid=" + s["ProtectProc"][-1])
+    if s.get("ProcSubset", ["all"])[-1] == "pid":
+        opts.append("subset=pid")
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "--mount", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot unshare a mount namespace here (needs root)")
+    code = ("import recorderd.metrics, prometheus_client; "
+            "print(prometheus_client.generate_latest().decode())")
+    script = 'mount -t proc -o "$1" proc /proc || exit 77; exec "$2" -c "$3"'
+    proc = subprocess.run([unshare, "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+                           ",".join(opts) or "defaults", sys.executable, code],
+                          capture_output=True, text=True, timeout=60)
+    if proc.returncode == 77:
+        pytest.skip(f"this kernel cannot mount /proc with {opts}: {proc.stderr}")
+    assert proc.returncode == 0, proc.stderr
+    assert "\nprocess_resident_memory_bytes " in proc.stdout, (opts, proc.stdout[-2000:])
+    assert "\nprocess_start_time_seconds " in proc.stdout
+
+
+def test_unit_orders_after_the_clock_without_pulling_in_time_sync() -> None:
+    """After= time-set.target (clock restored from timesyncd's saved timestamp) and time-sync.target
+    (NTP, when a wait unit such as chrony-wait.service is enabled), but never Wants= time-sync.target:
+    pulling it in would reach it at once, before any sync, for every unit ordered after it."""
+    s = unit_settings()
+    after = " ".join(s["After"]).split()
+    assert "time-set.target" in after and "time-sync.target" in after
+    wants = " ".join(s.get("Wants", [])).split()
+    assert "time-sync.target" not in wants and "time-set.target" not in wants
+    parsed = systemd_parsed({"recorderd.service": UNIT.read_text()})
+    assert "After: time-set.target (origin-file)" in parsed
+    assert "After: time-sync.target (origin-file)" in parsed
+    assert not [line for line in parsed if line.startswith(("Wants: time-s", "Requires: time-s"))]
 
 
 def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
