@@ -3,8 +3,11 @@
 Recording never waits on the database, so nothing here retries on its own: ``Database`` keeps an
 up/down state that one owner (the indexer's run loop) drives with ``connect()`` and backoff, and every
 other user gets ``DatabaseUnavailable`` at once while it is down instead of piling up on a dead
-server. Schema migrations ship in the package and are applied under an advisory lock so two daemons
-starting together cannot race.
+server. A slow server is not a dead one: a timeout raises ``DatabaseBusy`` (a ``DatabaseUnavailable``,
+so every caller already copes) but leaves the pool and the up state alone, because tearing the pool
+down would kill other users' statements and the reconnect (migrations, full reconcile) would only add
+load to a server that is already struggling. Schema migrations ship in the package and are applied
+under an advisory lock so two daemons starting together cannot race.
 """
 
 from __future__ import annotations
@@ -31,10 +34,19 @@ MIGRATION_RE = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
 MIGRATION_LOCK_KEY = 0x7265636F72646572
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 60.0
+# A slow episode ends after this long without a timeout: ``database_slow`` is logged once per episode.
+SLOW_QUIET_SECONDS = 60.0
 
 
 class DatabaseUnavailable(Exception):
     """The index database cannot be used right now; callers skip or retry later, never crash."""
+
+
+class DatabaseBusy(DatabaseUnavailable):
+    """A statement or the wait for a pooled connection timed out: the server is slow, not gone.
+
+    The database stays up and the pool intact; the caller retries later (after a pause of its own).
+    """
 
 
 def describe_dsn(dsn: str | None) -> str:
@@ -55,15 +67,26 @@ def describe_dsn(dsn: str | None) -> str:
     return f"{host.strip(chr(39))}:{port.strip(chr(39))}/{db.strip(chr(39))}"
 
 
+def is_timeout(exc: BaseException) -> bool:
+    """A statement or pool wait that ran out of time (asyncpg cancels the statement on the server and
+    the connection stays usable), or a statement the server cancelled (``statement_timeout``)."""
+    return isinstance(exc, TimeoutError | asyncpg.exceptions.QueryCanceledError)
+
+
 def is_connection_error(exc: BaseException) -> bool:
-    """True for errors that mean "the server is gone or refusing", as opposed to a bad statement."""
+    """True for errors that mean "the server is gone or refusing", as opposed to a bad statement.
+
+    A timeout is not one (see ``is_timeout``): a slow server must not be treated as a dead one.
+    """
+    if is_timeout(exc):
+        return False
     if isinstance(exc, asyncpg.exceptions.InternalClientError):
         # the protocol lost track of the connection (seen while the server shuts down mid-query)
         return True
     if isinstance(exc, asyncpg.InterfaceError):
         # client-side DataError / config errors are ours, not the server's
         return not isinstance(exc, ValueError)
-    return isinstance(exc, OSError | TimeoutError | asyncpg.PostgresConnectionError
+    return isinstance(exc, OSError | asyncpg.PostgresConnectionError
                       | asyncpg.exceptions.OperatorInterventionError
                       | asyncpg.exceptions.InsufficientResourcesError
                       | asyncpg.exceptions.InvalidAuthorizationSpecificationError
@@ -134,7 +157,7 @@ async def connect(dsn: str | None, timeout: float = CONNECT_TIMEOUT) -> asyncpg.
         return await asyncpg.connect(dsn, timeout=timeout, command_timeout=COMMAND_TIMEOUT,
                                      server_settings={"application_name": "recorderd"})
     except Exception as exc:
-        if is_connection_error(exc) or isinstance(exc, asyncpg.PostgresError | ValueError):
+        if is_connection_error(exc) or is_timeout(exc) or isinstance(exc, asyncpg.PostgresError | ValueError):
             raise DatabaseUnavailable(
                 f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {_reason(exc)}") from None
         raise
@@ -162,16 +185,21 @@ class Database:
 
     The indexer owns reconnection (``connect()`` with backoff); everybody else uses ``acquire()``,
     which fails fast with ``DatabaseUnavailable`` while the server is away and marks it down when a
-    statement dies on a broken connection, so the owner notices and reconnects.
+    statement dies on a broken connection, so the owner notices and reconnects. A timeout raises
+    ``DatabaseBusy`` instead and changes nothing else.
     """
 
     def __init__(self, dsn: str | None, *, pool_max: int = 4, run_migrations: bool = True,
-                 command_timeout: float = COMMAND_TIMEOUT) -> None:
+                 command_timeout: float = COMMAND_TIMEOUT, acquire_timeout: float = CONNECT_TIMEOUT) -> None:
         self._dsn = dsn
         self._pool_max = pool_max
         self._run_migrations = run_migrations
         self._command_timeout = command_timeout
+        self._acquire_timeout = acquire_timeout
         self._pool: asyncpg.Pool | None = None
+        self._slow_since: float | None = None  # monotonic start of the current slow episode
+        self._last_timeout = 0.0
+        self._timeouts = 0  # in the current episode
         self._up = False
         self._logged: bool | None = None  # last state logged; None before the first
         self._up_event = asyncio.Event()
@@ -212,7 +240,7 @@ class Database:
                         applied = await apply_migrations(conn)
             except Exception as exc:
                 pool.terminate()
-                level = "warning" if is_connection_error(exc) else "error"
+                level = "warning" if is_connection_error(exc) or is_timeout(exc) else "error"
                 self._set_down(_reason(exc), level=level)
                 raise DatabaseUnavailable(f"migrations failed on {self.where}: {_reason(exc)}") from None
             self._pool = pool
@@ -227,31 +255,48 @@ class Database:
     async def ping(self) -> bool:
         """Cheap liveness check while idle, so ``up`` does not lie when nothing is written."""
         try:
-            async with self.acquire() as conn:
+            async with self.acquire("ping") as conn:
                 await conn.fetchval("SELECT 1", timeout=CONNECT_TIMEOUT)
             return True
         except DatabaseUnavailable:
             return False
 
+    @property
+    def slow(self) -> bool:
+        """Inside a slow episode: a timeout less than ``SLOW_QUIET_SECONDS`` ago."""
+        return self._slow_since is not None and time.monotonic() - self._last_timeout < SLOW_QUIET_SECONDS
+
     @asynccontextmanager
-    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+    async def acquire(self, op: str = "query") -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection; ``DatabaseUnavailable`` when down or when the connection breaks.
 
-        Statement errors that are not about the connection (constraint, syntax) propagate unchanged.
+        A timeout, waiting for a connection or inside the body, raises ``DatabaseBusy`` (counted per
+        ``op``) and leaves the database up: asyncpg has already asked the server to cancel the timed-out
+        statement, and the release below waits for that, so the connection goes back to the pool
+        usable. Statement errors that are not about the connection (constraint, syntax) propagate
+        unchanged.
         """
         pool = self._pool
         if not self._up or pool is None:
             raise DatabaseUnavailable(f"database {self.where} is down")
         try:
-            conn = await pool.acquire(timeout=CONNECT_TIMEOUT)
+            conn = await pool.acquire(timeout=self._acquire_timeout)
         except Exception as exc:
+            if is_timeout(exc):
+                self._timed_out(op, "no free connection: " + _reason(exc))
+                raise DatabaseBusy(f"database {self.where} is busy: no connection within "
+                                   f"{self._acquire_timeout:g} s") from None
             if not is_connection_error(exc):
                 raise
             self.mark_down(_reason(exc))
             raise DatabaseUnavailable(f"database {self.where} is down: {_reason(exc)}") from None
         try:
             yield conn
+            self._answered()
         except Exception as exc:
+            if is_timeout(exc):
+                self._timed_out(op, _reason(exc))
+                raise DatabaseBusy(f"database {self.where} is busy: {op} timed out") from None
             if is_connection_error(exc):
                 conn.terminate()  # never hand a half-broken connection to the next user
                 self.mark_down(_reason(exc))
@@ -290,6 +335,24 @@ class Database:
         metrics.DATABASE_UP.set(0)
 
     # ----------------------------------------------------------------- state
+
+    def _timed_out(self, op: str, reason: str) -> None:
+        metrics.DATABASE_TIMEOUTS.labels(op).inc()
+        now = time.monotonic()
+        if not self.slow:
+            self._slow_since = now
+            self._timeouts = 0
+            log.warning("database_slow", database=self.where, op=op, reason=reason)
+        self._last_timeout = now
+        self._timeouts += 1
+
+    def _answered(self) -> None:
+        """A body finished in time: end a slow episode once it has been quiet long enough (the warning
+        is once per episode; the end is only a debug line)."""
+        if self._slow_since is not None and not self.slow:
+            log.debug("database_slow", database=self.where, over=True, timeouts=self._timeouts,
+                     seconds=round(self._last_timeout - self._slow_since, 1))
+            self._slow_since = None
 
     def _drop_pool(self) -> None:
         pool, self._pool = self._pool, None

@@ -6,25 +6,31 @@ away rows wait in memory up to ``database.pending_max_rows``; beyond that the ol
 a full reconcile is owed, since every file is still on disk. Every (re)connect migrates, mirrors the
 cameras from the config, and reconciles the storage root against the index (Reconciler in
 watcher.py), so the index converges on what is on disk whatever crashed in between.
+
+A slow database is not a down one: a timeout (``DatabaseBusy``) puts the batch back and the writer
+pauses and retries on the same pool, with no reconnect and no new reconcile. Corrections of segment
+times after a wall-clock step (``restamp``) go through the same writer, ahead of the next batch, so
+each segment is shifted exactly once whether its row was already committed or still pending.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import time
 import uuid
-from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from collections import Counter, OrderedDict, deque
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from recorderd import metrics, queries
 from recorderd.config import Config
-from recorderd.db import Database, DatabaseUnavailable
+from recorderd.db import Database, DatabaseBusy, DatabaseUnavailable
 from recorderd.events import SOURCE_RANK, SegmentEvent
 from recorderd.logging import get_logger
 from recorderd.probe import FoundFile, probe_duration, start_time
@@ -34,6 +40,9 @@ log = get_logger(component="indexer")
 
 BACKOFF_MIN = 1.0
 BACKOFF_MAX = 30.0
+BUSY_PAUSE_MIN = 0.5  # after a timeout, before retrying on the same pool (doubling)
+BUSY_PAUSE_MAX = 10.0
+RECONCILE_BUSY_PAUSE = 30.0  # a pass cut short by a timeout is redone this much later, not at once
 PING_SECONDS = 10.0
 RECENT_MAX = 50_000  # committed paths remembered so the watcher skips them with a set lookup
 INT32_MAX = 2**31 - 1
@@ -48,6 +57,19 @@ def _no_files() -> set[str]:
     return set()
 
 
+def _storage_always_ok() -> bool:
+    return True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RestampJob:
+    """Shift by ``delta_us`` every segment of each run up to its seq; ``stamp`` marks the rows done."""
+
+    runs: dict[str, int]  # normalised run_id -> highest seq stamped before the clock step
+    delta_us: int
+    stamp: datetime  # unique per job: written to indexed_at so a retry never shifts a row twice
+
+
 class Indexer:
     """Owns the database connection state, the pending queue, reconcile and the watcher.
 
@@ -57,9 +79,11 @@ class Indexer:
 
     def __init__(self, config: Config, database: Database | None = None, *,
                  current_files: CurrentFiles | None = None, watch: bool = True,
-                 probe: ProbeFn = probe_duration) -> None:
+                 probe: ProbeFn = probe_duration, storage_ok: Callable[[], bool] | None = None) -> None:
         self._config = config
         self.current_files: CurrentFiles = current_files or _no_files
+        # False while the storage volume is not known to be there: reconcile then deletes no rows
+        self.storage_ok: Callable[[], bool] = storage_ok or _storage_always_ok
         self._owns_database = database is None  # a shared Database is closed by its owner
         self.database = database if database is not None else Database(config.database_dsn())
         self._watch = watch
@@ -73,7 +97,11 @@ class Indexer:
         self._running = False
         self._cameras_dirty = True
         self._reconcile_owed = False
+        self._reconcile_when_storage_ok = False  # a pass kept missing rows because of the gate
         self._dropping = False  # inside an episode of dropped rows (logged once)
+        self._restamps: deque[RestampJob] = deque()
+        self._last_stamp = datetime.fromtimestamp(0, UTC)
+        self._busy_pause = BUSY_PAUSE_MIN
         self._reconcile_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._run_uuid_cache: tuple[str, str] | None = None
@@ -96,6 +124,41 @@ class Indexer:
     @property
     def database_up(self) -> bool:
         return self.database.up
+
+    @property
+    def restamp_pending(self) -> bool:
+        """Corrections queued by ``restamp`` that are not in the index yet (database away or slow)."""
+        return bool(self._restamps)
+
+    def restamp(self, runs: Mapping[str, int], delta: float) -> None:
+        """After a wall-clock step: every segment of run ``run_id`` with ``seq <= runs[run_id]`` must
+        have its start and end shifted by ``delta`` seconds (durations unchanged).
+
+        Never blocks: the job is queued and the writer applies queued jobs in order, once the
+        database is up and before its next batch, to committed rows (one UPDATE) and to the rows
+        still pending in memory, with no commit in between, so each segment moves exactly once.
+        """
+        try:
+            delta_us = round(delta * 1_000_000)
+            clean: dict[str, int] = {}
+            for run_id, max_seq in runs.items():
+                try:
+                    norm = str(uuid.UUID(run_id))
+                except (ValueError, TypeError, AttributeError):
+                    log.error("segment_rejected", run_id=repr(run_id)[:80], reason="restamp: run_id is not a UUID")
+                    continue
+                if type(max_seq) is not int or max_seq < 0:
+                    log.error("segment_rejected", run_id=norm, reason=f"restamp: bad seq {max_seq!r}"[:120])
+                    continue
+                clean[norm] = min(max_seq, INT32_MAX)
+            if not clean or delta_us == 0:
+                return
+            stamp = max(datetime.now(UTC), self._last_stamp + timedelta(microseconds=1))
+            self._last_stamp = stamp
+            self._restamps.append(RestampJob(clean, delta_us, stamp))
+            self._wake.set()
+        except Exception as exc:  # e.g. a non-finite delta: a programming error must not stop recording
+            log.error("segment_rejected", reason=f"restamp: {exc!r}"[:200])
 
     def submit(self, event: SegmentEvent) -> None:
         """Queue a finished segment. Never blocks, never raises: a bad event is logged and dropped."""
@@ -201,18 +264,40 @@ class Indexer:
                     backoff = min(backoff * 2, BACKOFF_MAX)
                     continue
                 backoff = BACKOFF_MIN
-            if self._pending:
-                await self._write_batch()
-                continue
-            if self._cameras_dirty:
-                await self._sync_cameras()
+            step: Callable[[], Awaitable[bool]] | None = None
+            if self._restamps:  # before any batch: see restamp()
+                step = self._apply_restamps
+            elif self._pending:
+                step = self._write_batch
+            elif self._cameras_dirty:
+                step = self._sync_cameras
+            if step is not None:
+                try:
+                    done = await step()
+                except Exception as exc:  # a bug must not end indexing for good; the rows are requeued
+                    log.error("index_batch_failed", reason=repr(exc)[:200])
+                    done = False
+                if done:
+                    self._busy_pause = BUSY_PAUSE_MIN
+                else:  # slow database: same pool, after a pause (not a reconnect, not a tight loop)
+                    await self._sleep(self._busy_pause)
+                    self._busy_pause = min(self._busy_pause * 2, BUSY_PAUSE_MAX)
                 continue
             if self._reconcile_owed and not self._reconciling:
                 self._start_reconcile()
+            elif self._reconcile_when_storage_ok and not self._reconciling and self._storage_ok_now():
+                self._reconcile_when_storage_ok = False
+                self._start_reconcile()  # the storage is back: delete the rows the last pass kept
             try:
                 await asyncio.wait_for(self._wake.wait(), PING_SECONDS)
             except TimeoutError:
                 await self.database.ping()
+
+    def _storage_ok_now(self) -> bool:
+        try:
+            return bool(self.storage_ok())
+        except Exception:
+            return False
 
     async def _connect(self) -> bool:
         try:
@@ -233,9 +318,12 @@ class Indexer:
             pass
 
     async def _flush(self, deadline: float) -> None:
-        """Shutdown: write pending rows while there is time; at most one reconnect attempt."""
+        """Shutdown: write pending rows while there is time; at most one reconnect attempt.
+
+        Queued restamps go first, as in the main loop: a pending row is never committed unshifted.
+        """
         tried_connect = False
-        while self._pending and time.monotonic() < deadline:
+        while (self._pending or self._restamps) and time.monotonic() < deadline:
             if not self.database.up:
                 if tried_connect:
                     return
@@ -244,28 +332,37 @@ class Indexer:
                     await asyncio.wait_for(self.database.connect(), max(0.1, deadline - time.monotonic()))
                 except (DatabaseUnavailable, TimeoutError):
                     return
+            step = self._apply_restamps() if self._restamps else self._write_batch()
             try:
-                await asyncio.wait_for(self._write_batch(), max(0.1, deadline - time.monotonic()))
+                done = await asyncio.wait_for(step, max(0.1, deadline - time.monotonic()))
             except TimeoutError:
                 return
+            if not done:  # slow: retry while the deadline allows
+                await asyncio.sleep(min(BUSY_PAUSE_MIN, max(0.0, deadline - time.monotonic())))
 
-    async def _write_batch(self) -> None:
+    async def _write_batch(self) -> bool:
+        """Write one batch; False when the database was too slow (the batch is back in front)."""
         n = min(len(self._pending), self._config.database.batch_max_rows)
         batch = [self._pending.popitem(last=False)[1] for _ in range(n)]
         for ev in batch:
             self._inflight[ev.path] = ev
+        stored: list[SegmentEvent] = []
         written: list[str] = []
         ok = False
+        busy = False
         try:
-            async with self.database.acquire() as conn:
+            async with self.database.acquire("write") as conn:
                 written = await self._insert(conn, batch)
-            ok = True
+            stored, ok = batch, True
+        except DatabaseBusy:
+            busy = True
         except DatabaseUnavailable:
             pass
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             # a row the server refuses must not block the queue: isolate it, write the rest
             log.error("index_batch_failed", count=len(batch), reason=str(exc)[:200])
-            written, ok = await self._insert_one_by_one(batch), True
+            stored, written, busy = await self._insert_one_by_one(batch)
+            ok = True
         finally:
             for ev in batch:
                 self._inflight.pop(ev.path, None)
@@ -273,23 +370,76 @@ class Indexer:
                 self._requeue(batch)
             metrics.INDEX_PENDING.set(self.pending_count)
         if ok:
-            self._committed(batch, written)
+            self._committed(stored, written)
+        return not busy
 
     async def _insert(self, conn: asyncpg.Connection, batch: list[SegmentEvent]) -> list[str]:
         rows = await conn.fetch(queries.UPSERT_SEGMENTS, *segment_arrays(batch))
         return [r[0] for r in rows]
 
-    async def _insert_one_by_one(self, batch: list[SegmentEvent]) -> list[str]:
+    async def _insert_one_by_one(self, batch: list[SegmentEvent]) -> tuple[list[SegmentEvent], list[str], bool]:
+        """(rows the server accepted, sources written, whether it was too slow to finish).
+
+        Only accepted rows may count as known: a refused one stays unknown so that reconcile and
+        the watcher try it again. Once the database is away or slow the rest go back in the queue
+        (each row would only wait for its own timeout).
+        """
+        stored: list[SegmentEvent] = []
         written: list[str] = []
-        for ev in batch:
+        for i, ev in enumerate(batch):
             try:
-                async with self.database.acquire() as conn:
+                async with self.database.acquire("write") as conn:
                     written += await self._insert(conn, [ev])
-            except DatabaseUnavailable:
-                self._requeue([ev])
+                stored.append(ev)
+            except DatabaseUnavailable as exc:
+                self._requeue(batch[i:])
+                return stored, written, isinstance(exc, DatabaseBusy)
             except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.error("segment_rejected", path=ev.path, reason=str(exc)[:200])
-        return written
+        return stored, written, False
+
+    async def _apply_restamps(self) -> bool:
+        """Apply queued restamps in order; False when the database was too slow (job kept).
+
+        A job stays queued until its UPDATE has succeeded; the rows it already shifted in an attempt
+        that only looked failed carry its stamp and are skipped by the retry. Pending rows are shifted
+        right after the UPDATE returns, in this (the only writing) task, so no batch is committed in
+        between and no row is shifted by both.
+        """
+        while self._restamps:
+            job = self._restamps[0]
+            updated = 0
+            try:
+                async with self.database.acquire("restamp") as conn:
+                    status = await conn.execute(queries.RESTAMP_SEGMENTS, list(job.runs), list(job.runs.values()),
+                                                job.delta_us / 1_000_000, job.stamp)
+                    updated = int(status.split()[-1])
+            except DatabaseBusy:
+                return False
+            except DatabaseUnavailable:
+                return True  # down: the main loop reconnects, the job waits
+            except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # cannot happen with valid input; retrying a refused statement forever would block indexing
+                log.error("index_batch_failed", op="restamp", reason=str(exc)[:200])
+            shifted = self._shift_pending(job)
+            self._restamps.popleft()
+            metrics.RESTAMPED_SEGMENTS.inc(updated + shifted)
+            log.info("segments_restamped", runs=job.runs, delta=job.delta_us / 1_000_000,
+                     count=updated + shifted, committed=updated, pending=shifted)
+        return True
+
+    def _shift_pending(self, job: RestampJob) -> int:
+        """Replace the pending events a job covers by shifted copies (events are frozen)."""
+        step = timedelta(microseconds=job.delta_us)
+        shifted = 0
+        for path, ev in list(self._pending.items()):
+            if ev.run_id is None or ev.seq is None or ev.seq > job.runs.get(ev.run_id, -1):
+                continue
+            # in exact microseconds, as the UPDATE shifts committed rows: tiling across the two holds
+            self._pending[path] = dataclasses.replace(ev, start=(to_datetime(ev.start) + step).timestamp(),
+                                                      end=(to_datetime(ev.end) + step).timestamp())
+            shifted += 1
+        return shifted
 
     def _requeue(self, batch: list[SegmentEvent]) -> None:
         """Failed rows go back in front, in order; a newer submit of the same path wins."""
@@ -306,6 +456,7 @@ class Indexer:
             self._reconcile_owed = True
 
     def _committed(self, batch: list[SegmentEvent], written_sources: list[str]) -> None:
+        """``batch``: the rows the server accepted (written, or kept because it had a better one)."""
         now = time.time()
         lag_max = 0.0
         for ev in batch:
@@ -330,21 +481,25 @@ class Indexer:
 
     # ----------------------------------------------------------------- cameras, reconcile, watcher
 
-    async def _sync_cameras(self) -> None:
-        """Mirror the config's cameras into the cameras table (and flag those that left it)."""
+    async def _sync_cameras(self) -> bool:
+        """Mirror the config's cameras into the cameras table (and flag those that left it).
+
+        False when the database was too slow (tried again after a pause)."""
         self._cameras_dirty = False
         cams = self._config.cameras
         try:
-            async with self.database.acquire() as conn, conn.transaction():
+            async with self.database.acquire("cameras") as conn, conn.transaction():
                 await conn.execute(queries.UPSERT_CAMERAS, [c.id for c in cams], [c.name for c in cams],
                                    [c.tenant for c in cams], [c.plan for c in cams],
                                    [c.retention_days for c in cams], [c.max_bytes for c in cams],
                                    [c.enabled for c in cams])
                 await conn.execute(queries.MARK_REMOVED_CAMERAS, [c.id for c in cams])
-        except DatabaseUnavailable:
+        except DatabaseUnavailable as exc:
             self._cameras_dirty = True
+            return not isinstance(exc, DatabaseBusy)
         except asyncpg.PostgresError as exc:
             log.error("cameras_sync_failed", reason=str(exc)[:200])
+        return True
 
     @property
     def _reconciling(self) -> bool:
@@ -360,8 +515,15 @@ class Indexer:
     async def _reconcile_guarded(self) -> None:
         try:
             stats = await self.reconciler.run()
+            if stats.deletions_skipped:
+                self._reconcile_when_storage_ok = True
             if stats.fresh:
                 await self.reconciler.settle_fresh(stats.fresh)
+        except DatabaseBusy:
+            # slow, not down: no reconnect will restart it, and retrying at once only adds load
+            await self._sleep(RECONCILE_BUSY_PAUSE)
+            self._reconcile_owed = True
+            self._wake.set()
         except DatabaseUnavailable:
             self._reconcile_owed = True  # the next connect starts it again anyway
         except Exception as exc:  # a bad file tree or statement: say so, keep recording and indexing
@@ -382,14 +544,18 @@ class Indexer:
         todo = [f for f in files if not self.is_known(f.path)]
         if not todo:
             return 0
+        checked = False
         try:
-            async with self.database.acquire() as conn:
+            async with self.database.acquire(source) as conn:
                 existing = {r[0] for r in await conn.fetch(queries.EXISTING_PATHS, [f.path for f in todo])}
             todo = [f for f in todo if f.path not in existing]
+            checked = True
         except DatabaseUnavailable:
             if source == "reconcile":
                 raise
             # a lower-ranked duplicate is harmless: the upsert keeps the better row
+        # header-only files are never probed; deleted only if the index surely has no row for them
+        todo = await self.reconciler.remove_header_only(todo, remove=checked)
         results = await asyncio.gather(*(self._probe(f.path) for f in todo))
         now = time.time()
         events: list[SegmentEvent] = []
@@ -407,7 +573,7 @@ class Indexer:
             for ev in events:
                 self.submit(ev)
         elif events:
-            async with self.database.acquire() as conn:
+            async with self.database.acquire(source) as conn:
                 written = await self._insert(conn, events)
             self._committed(events, written)
         return len(events)

@@ -50,10 +50,25 @@ WITH RECURSIVE c(id) AS (
 SELECT id FROM c WHERE id IS NOT NULL
 """
 
-CAMERA_PATHS = "SELECT path, deleting FROM segments WHERE camera_id = $1"
+CAMERA_PATHS = "SELECT path, deleting, protected FROM segments WHERE camera_id = $1"
 
+# Rows of files reconcile cannot find. Never a protected one (a clip): its file may be on a disk that
+# is away for now, and a deleted row would come back unprotected with the file.
 DELETE_MISSING = """
-DELETE FROM segments WHERE path = ANY($1::text[]) AND NOT deleting
+DELETE FROM segments WHERE path = ANY($1::text[]) AND NOT deleting AND NOT protected
+"""
+
+# After a wall-clock step: shift segments stamped before it, run by run up to a seq. $4 marks the rows
+# of this one correction (in indexed_at, which nothing reads) so that a retry after an ambiguous
+# failure (timeout or broken connection after the server committed) cannot shift a row twice.
+# make_interval(secs => ...) is pure elapsed time: no day part bent by a session time zone's DST.
+RESTAMP_SEGMENTS = """
+UPDATE segments s
+SET start_time = s.start_time + make_interval(secs => $3::float8),
+    end_time = s.end_time + make_interval(secs => $3::float8),
+    indexed_at = $4
+FROM unnest($1::uuid[], $2::int4[]) AS r(run_id, max_seq)
+WHERE s.run_id = r.run_id AND s.seq <= r.max_seq AND s.indexed_at IS DISTINCT FROM $4
 """
 
 EXISTING_PATHS = "SELECT path FROM segments WHERE path = ANY($1::text[])"

@@ -3,7 +3,10 @@ database connect, and by watching the storage root in between.
 
 Both exist because the completion event is not the only way a file appears: FFmpeg or the daemon may
 die between closing a file and indexing it, rows may be dropped from memory during a long outage, and
-operators copy or move footage in by hand. Files are the truth; the index converges on them.
+operators copy or move footage in by hand. Files are the truth; the index converges on them, with
+three exceptions that protect footage: a settled file holding only an MP4 header (a run killed before
+its first fragment) is deleted instead of probed; a protected row (a clip) is never deleted because
+its file is missing; and no row is deleted while the storage gate says the volume is not there.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from watchfiles import Change, awatch
 
-from recorderd import layout, queries
+from recorderd import layout, metrics, mp4, queries
 from recorderd.config import CAMERA_ID_RE
+from recorderd.diskguard import Outcome, unlink_batch
 from recorderd.logging import get_logger
 from recorderd.probe import FoundFile
 
@@ -35,6 +39,8 @@ PROBE_CHUNK = 256  # reconcile probes and writes orphans in chunks: progress sur
 RECHECK_ROUNDS = 60  # files still changing after this many settle periods are left to the watcher
 SUSPICIOUS_MIN_ROWS = 100
 SUSPICIOUS_MISSING_RATIO = 0.9
+UNREADABLE_MAX = 10_000  # unreadable files remembered (so not probed again); beyond it the oldest go
+LOGGED_PATHS = 5  # paths named in a summary log line
 
 
 class IndexSide(Protocol):
@@ -45,6 +51,7 @@ class IndexSide(Protocol):
     @property
     def database(self) -> Database: ...
     def current_files(self) -> set[str]: ...
+    def storage_ok(self) -> bool: ...
     def is_known(self, path: str) -> bool: ...
     async def index_found(self, files: list[FoundFile], source: str = ...) -> int: ...
 
@@ -122,8 +129,11 @@ class ReconcileStats:
     missing_deleted: int = 0
     unreadable: int = 0
     skipped_busy: int = 0
+    header_only_removed: int = 0
+    deletions_skipped: bool = False  # the storage gate was closed: no row was deleted
     seconds: float = 0.0
     missing_by_camera: dict[str, int] = field(default_factory=dict)
+    clips_missing: list[str] = field(default_factory=list)  # protected rows whose file is gone (kept)
     fresh: list[FoundFile] = field(default_factory=list)  # too recent to judge: see settle_fresh()
 
 
@@ -136,18 +146,91 @@ class Reconciler:
 
     def __init__(self, index: IndexSide) -> None:
         self._ix = index
-        self._unreadable: set[tuple[str, int, float]] = set()
+        # camera -> path -> (size, mtime) when found unreadable; pruned at each pass over the camera
+        self._unreadable: dict[str, dict[str, tuple[int, float]]] = {}
+        self._unreadable_count = 0
+        self.header_only_removed = 0  # files, since start
         self.last: ReconcileStats | None = None
 
-    def unreadable(self, found: FoundFile) -> None:
-        """Log an unprobeable file once (per size/mtime); it is skipped, never deleted."""
-        key = (found.path, found.size, found.mtime)
-        if key not in self._unreadable:
-            self._unreadable.add(key)
-            log.warning("segment_unreadable", path=found.path, size=found.size)
+    def unreadable(self, found: FoundFile, reason: str | None = None) -> None:
+        """Log an unprobeable file once (per size/mtime); it is skipped, never deleted.
+
+        Remembered so that reconcile does not probe it again at every connect, but bounded: entries
+        of files that are gone or changed are dropped at the next pass, and at most
+        ``UNREADABLE_MAX`` are kept (a dropped one is at worst probed and logged again).
+        """
+        seen = self._unreadable.setdefault(found.camera_id, {})
+        key = (found.size, found.mtime)
+        if seen.get(found.path) == key:
+            return
+        if found.path not in seen:
+            self._unreadable_count += 1
+        seen[found.path] = key
+        fields = {"reason": reason} if reason else {}
+        log.warning("segment_unreadable", path=found.path, size=found.size, **fields)
+        while self._unreadable_count > UNREADABLE_MAX:
+            self._forget_oldest_unreadable()
 
     def is_unreadable(self, found: FoundFile) -> bool:
-        return (found.path, found.size, found.mtime) in self._unreadable
+        return self._unreadable.get(found.camera_id, {}).get(found.path) == (found.size, found.mtime)
+
+    @property
+    def unreadable_count(self) -> int:
+        return self._unreadable_count
+
+    def _forget_oldest_unreadable(self) -> None:
+        cam = max(self._unreadable, key=lambda c: len(self._unreadable[c]))
+        seen = self._unreadable[cam]
+        del seen[next(iter(seen))]
+        self._unreadable_count -= 1
+        if not seen:
+            del self._unreadable[cam]
+
+    def _prune_unreadable(self, cam: str, files: dict[str, FoundFile]) -> None:
+        """Forget unreadable files of ``cam`` that are gone or have changed since (probe them anew)."""
+        seen = self._unreadable.get(cam)
+        if not seen:
+            return
+        for path, key in list(seen.items()):
+            f = files.get(path)
+            if f is None or (f.size, f.mtime) != key:
+                del seen[path]
+                self._unreadable_count -= 1
+        if not seen:
+            del self._unreadable[cam]
+
+    async def remove_header_only(self, files: list[FoundFile], *, remove: bool = True) -> list[FoundFile]:
+        """Take files holding only an MP4 header out of ``files``: such a file has no media to index
+        (ffprobe gives no duration), so probing it is wasted and remembering it as unreadable grows
+        without end. The settled ones (not open by FFmpeg, untouched for ``SETTLE_SECONDS``) are
+        deleted when ``remove`` (callers pass False when they could not check that the index has no
+        row for them); the others are only skipped. Returns the files left to probe.
+        """
+        if not files:
+            return files
+        flags = await asyncio.to_thread(lambda: [mp4.is_header_only(f.path) for f in files])
+        rest = [f for f, header_only in zip(files, flags, strict=True) if not header_only]
+        if len(rest) == len(files) or not remove:
+            return rest
+        busy = self._ix.current_files()
+        settled_before = time.time() - SETTLE_SECONDS
+        doomed = [f for f, header_only in zip(files, flags, strict=True)
+                  if header_only and f.path not in busy and f.mtime <= settled_before]
+        if not doomed:
+            return rest
+        results = await asyncio.to_thread(unlink_batch, self._ix.config.storage.root,
+                                          [(f.camera_id, f.path) for f in doomed])
+        removed: list[str] = []
+        for f, result in zip(doomed, results, strict=True):
+            if result.outcome == Outcome.DELETED:
+                removed.append(f.path)
+            elif result.outcome != Outcome.MISSING:
+                self.unreadable(f, reason=f"header only; not removed: {result.detail}")
+        if removed:
+            self.header_only_removed += len(removed)
+            metrics.HEADER_ONLY_REMOVED.inc(len(removed))
+            log.info("segment_header_only_removed", count=len(removed), paths=removed[:LOGGED_PATHS])
+        return rest
 
     async def run(self) -> ReconcileStats:
         """One full pass; raises ``DatabaseUnavailable`` if the database goes away meanwhile."""
@@ -158,7 +241,8 @@ class Reconciler:
         if not await asyncio.to_thread(os.path.isdir, root):
             log.warning("reconcile_skipped", root=str(root), reason="storage root missing")
             return stats
-        async with ix.database.acquire() as conn:
+        self._may_delete(stats)  # a closed storage gate is logged once, up front
+        async with ix.database.acquire("reconcile") as conn:
             db_cams = {r[0] for r in await conn.fetch(queries.SEGMENT_CAMERAS)}
         disk_cams = set(await asyncio.to_thread(list_camera_dirs, root))
         for cam in sorted(db_cams | disk_cams):
@@ -166,9 +250,29 @@ class Reconciler:
         stats.cameras = len(db_cams | disk_cams)
         stats.seconds = round(time.monotonic() - t0, 3)
         self.last = stats
+        if stats.clips_missing:
+            log.error("clip_file_missing", count=len(stats.clips_missing),
+                      paths=stats.clips_missing[:LOGGED_PATHS],
+                      reason="protected segments whose file is missing: rows kept")
         log.info("reconcile_done", cameras=stats.cameras, files=stats.files, indexed=stats.indexed,
-                 missing=stats.missing_deleted, unreadable=stats.unreadable, seconds=stats.seconds)
+                 missing=stats.missing_deleted, unreadable=stats.unreadable,
+                 header_only=stats.header_only_removed, seconds=stats.seconds)
         return stats
+
+    def _may_delete(self, stats: ReconcileStats) -> bool:
+        """The storage gate: while it is closed (volume unmounted?) a missing file proves nothing."""
+        if stats.deletions_skipped:
+            return False
+        try:
+            ok = bool(self._ix.storage_ok())
+        except Exception as exc:  # a broken gate is a closed gate
+            log.error("reconcile_skipped", reason=f"storage check failed: {exc!r}"[:200])
+            ok = False
+        if not ok:
+            stats.deletions_skipped = True
+            log.warning("reconcile_skipped", root=str(self._ix.config.storage.root),
+                        reason="storage not confirmed (volume unmounted?): rows of missing files kept")
+        return ok
 
     async def settle_fresh(self, fresh: list[FoundFile]) -> int:
         """Files a pass skipped as just modified: index them once they have settled.
@@ -196,11 +300,12 @@ class Reconciler:
     async def _camera(self, root: Path, cam: str, stats: ReconcileStats) -> None:
         ix = self._ix
         # rows first, files second: a row committed after this query has a file we will see
-        async with ix.database.acquire() as conn:
+        async with ix.database.acquire("reconcile") as conn:
             rows = await conn.fetch(queries.CAMERA_PATHS, cam)
         indexed = {r[0] for r in rows}
         files = await asyncio.to_thread(scan_camera, root, cam)
         stats.files += len(files)
+        self._prune_unreadable(cam, files)
         busy = ix.current_files()
         settled_before = time.time() - SETTLE_SECONDS
         orphans: list[FoundFile] = []
@@ -217,15 +322,17 @@ class Reconciler:
             else:
                 orphans.append(found)
         stats.orphans += len(orphans)
+        removed_before = self.header_only_removed
         for i in range(0, len(orphans), PROBE_CHUNK):
             chunk = orphans[i:i + PROBE_CHUNK]
             queued = await ix.index_found(chunk, source="reconcile")
             stats.indexed += queued
             stats.unreadable += sum(1 for f in chunk if self.is_unreadable(f))
+        stats.header_only_removed += self.header_only_removed - removed_before
 
         prefix = os.path.join(str(root), cam) + os.sep
-        live = [r[0] for r in rows if not r[1]]  # rows retention is deleting are its business
-        missing = [p for p in live if p not in files and p.startswith(prefix)]
+        live = [r for r in rows if not r[1]]  # rows retention is deleting are its business
+        missing = [r[0] for r in live if r[0] not in files and r[0].startswith(prefix)]
         if not missing:
             return
         if len(live) >= SUSPICIOUS_MIN_ROWS and len(missing) >= SUSPICIOUS_MISSING_RATIO * len(live):
@@ -233,10 +340,15 @@ class Reconciler:
             log.warning("reconcile_suspicious", camera_id=cam, missing=len(missing), rows=len(live),
                         reason="almost every indexed file is missing; is the storage mounted? rows kept")
             return
+        if not self._may_delete(stats):
+            return
         gone = await asyncio.to_thread(lambda: [p for p in missing if not os.path.lexists(p)])
+        protected = {r[0] for r in live if r[2]}
+        stats.clips_missing += [p for p in gone if p in protected]
+        gone = [p for p in gone if p not in protected]  # DELETE_MISSING checks again, in the row
         if not gone:
             return
-        async with ix.database.acquire() as conn:
+        async with ix.database.acquire("reconcile") as conn:
             status = await conn.execute(queries.DELETE_MISSING, gone)
         count = int(status.split()[-1])
         stats.missing_deleted += count
