@@ -13,7 +13,8 @@ import errno
 import heapq
 import os
 import stat
-from collections.abc import Container, Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -104,12 +105,16 @@ class SegmentRow:
     protected: bool = False
 
 
-def is_deletable(row: SegmentRow, current: frozenset[str], protected: Container[str] = ()) -> bool:
-    """Not protected (flag or saved list) and not a file being written."""
+def is_deletable(row: SegmentRow, current: Container[str], protected: Container[str] = ()) -> bool:
+    """Not protected (flag or saved list) and not a file being written.
+
+    ``current`` and ``protected`` decide how a path is spelled when compared: pass ``PathSet`` and
+    ``ProtectedPaths`` so that one file reached through two spellings of the root is one file.
+    """
     return not row.protected and os.path.normpath(row.path) not in current and row.path not in protected
 
 
-def select_for_floor(rows_oldest_first: Iterable[SegmentRow], need: int, current: frozenset[str],
+def select_for_floor(rows_oldest_first: Iterable[SegmentRow], need: int, current: Container[str],
                      protected: Container[str], limit: int) -> list[SegmentRow]:
     """Oldest deletable rows (at most ``limit``) until their sizes cover ``need`` bytes.
 
@@ -128,6 +133,75 @@ def select_for_floor(rows_oldest_first: Iterable[SegmentRow], need: int, current
     return chosen
 
 
+# --------------------------------------------------------------------------- one spelling per file
+
+_LAYOUT_DEPTH = 3  # <root>/<camera>/<day>/<file>: the root is the directory three levels above a file
+_MAX_ROOT_SPELLINGS = 64  # distinct root prefixes remembered; a stray row cannot grow this without bound
+
+
+def root_prefix(path: str) -> str | None:
+    """The storage-root part of a normalised segment path (``<root>/<camera>/<day>/<file>``), else None."""
+    parts = path.rsplit(os.sep, _LAYOUT_DEPTH)
+    return parts[0] if len(parts) == _LAYOUT_DEPTH + 1 and parts[0] else None
+
+
+class RootSpellings:
+    """Maps every spelling of the storage root to its resolved form, so that one file has one name.
+
+    The index stores paths as they were written (through a symlinked root, with the resolved path,
+    under an older ``storage.root`` spelling), the filesystem scan and the supervisors spell them with
+    the configured root. Comparing raw strings let a protected file reached through the other spelling
+    look deletable. Only root prefixes are resolved (once each, by ``learn`` in a worker thread: a hung
+    mount must not freeze the loop); nothing below the root is ever followed, so a symlinked camera or
+    day directory cannot make a protected file look like another one. ``canon`` itself never touches
+    the disk: a prefix not learned yet is compared as written.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = os.path.normpath(root)
+        self._resolved: dict[str, str] = {}
+
+    def unknown(self, paths: Iterable[str]) -> bool:
+        """True when ``learn(paths)`` has something to resolve (cheap: lets callers skip the thread hop)."""
+        if self.root not in self._resolved:
+            return True
+        if len(self._resolved) >= _MAX_ROOT_SPELLINGS:
+            return False
+        return any((h := root_prefix(os.path.normpath(p))) is not None and h not in self._resolved for p in paths)
+
+    def learn(self, paths: Iterable[str] = ()) -> None:
+        """Resolve the configured root and the root prefix of each path not seen before. Blocking."""
+        heads = [self.root, *(h for p in paths if (h := root_prefix(os.path.normpath(p))) is not None)]
+        for head in heads:
+            if head not in self._resolved and (head == self.root or len(self._resolved) < _MAX_ROOT_SPELLINGS):
+                self._resolved[head] = os.path.realpath(head)
+
+    def canon(self, path: str) -> str:
+        """``path`` normalised, its root prefix replaced by the resolved root when it is a known spelling."""
+        p = os.path.normpath(path)
+        head = root_prefix(p)
+        real = self._resolved.get(head) if head is not None else None
+        if head is None or real is None or real == head:
+            return p
+        return real + p[len(head):]
+
+
+class PathSet:
+    """A set of paths compared by canonical spelling (``RootSpellings.canon``): the files being written."""
+
+    __slots__ = ("_canon", "_paths")
+
+    def __init__(self, paths: Iterable[str], canon: Callable[[str], str]) -> None:
+        self._canon = canon
+        self._paths = frozenset(canon(p) for p in paths)
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, str) and self._canon(path) in self._paths
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
 # --------------------------------------------------------------------------- safe unlink
 
 
@@ -143,6 +217,10 @@ class UnlinkResult:
     outcome: Outcome
     freed: int = 0  # allocated bytes released (0 when other hard links remain)
     detail: str = ""
+
+
+# detail of every result of a batch refused because the storage volume marker is not under the root
+MARKER_MISSING = "storage volume marker missing under the root"
 
 
 class _Refused(Exception):
@@ -209,14 +287,37 @@ def _roots(root: Path) -> list[tuple[str, ...]]:
     return out
 
 
-def unlink_batch(root: Path, items: Sequence[tuple[str, str]]) -> list[UnlinkResult]:
-    """Unlink each ``(camera_id, path)``; one result per item, in order. Never raises on a bad file."""
+def _marker_missing(dirs: _Dirs, marker: str | None) -> bool:
+    """True unless ``marker`` (relative to the root) exists under the root fd the batch will use.
+
+    Checked through that same descriptor, so the unlinks that follow go to the volume that holds the
+    marker even if the disk was unmounted since the storage gate last looked.
+    """
+    if marker is None:
+        return False
+    try:
+        os.stat(marker, dir_fd=dirs.root_fd, follow_symlinks=False)
+    except OSError:
+        return True
+    return False
+
+
+def unlink_batch(root: Path, items: Sequence[tuple[str, str]], *, marker: str | None = None) -> list[UnlinkResult]:
+    """Unlink each ``(camera_id, path)``; one result per item, in order. Never raises on a bad file.
+
+    With ``marker`` (a path relative to the root) nothing is unlinked unless it exists: every result
+    is then FAILED with ``MARKER_MISSING``.
+    """
+    if not items:
+        return []
     try:
         dirs = _Dirs(root)
     except OSError as exc:
         return [UnlinkResult(Outcome.FAILED, 0, f"storage root: {exc.strerror}")] * len(items)
     roots = _roots(root)
     try:
+        if _marker_missing(dirs, marker):
+            return [UnlinkResult(Outcome.FAILED, 0, MARKER_MISSING)] * len(items)
         return [_unlink_one(dirs, roots, cam, path) for cam, path in items]
     finally:
         dirs.close()
@@ -250,14 +351,19 @@ def removable_days(names: Iterable[str], now: float, grace: float = DAY_DIR_GRAC
     return sorted(n for n in names if DAY_RE.match(n) and n < cutoff)
 
 
-def remove_empty_day_dirs(root: Path, now: float) -> int:
-    """rmdir old, empty, real day directories of every camera; returns how many went."""
+def remove_empty_day_dirs(root: Path, now: float, *, marker: str | None = None) -> int:
+    """rmdir old, empty, real day directories of every camera; returns how many went.
+
+    With ``marker`` (relative to the root) nothing is removed unless it exists, as in ``unlink_batch``.
+    """
     removed = 0
     try:
         dirs = _Dirs(root)
     except OSError:
         return 0
     try:
+        if _marker_missing(dirs, marker):
+            return 0
         for cam in _camera_names(root):
             try:
                 cam_fd = dirs.open((cam,))
@@ -322,11 +428,13 @@ def _camera_files(root: Path, camera_id: str) -> Iterator[SegmentRow]:
                 yield SegmentRow(0, camera_id, path, parsed[1], parsed[1], size)
 
 
-def take_and_unlink(rows: Iterator[SegmentRow], root: Path, need: int, current: frozenset[str],
-                    protected: Container[str], limit: int) -> list[tuple[SegmentRow, UnlinkResult]]:
+def take_and_unlink(rows: Iterator[SegmentRow], root: Path, need: int, current: Container[str],
+                    protected: Container[str], limit: int, *,
+                    marker: str | None = None) -> list[tuple[SegmentRow, UnlinkResult]]:
     """One filesystem-fallback batch, in one worker-thread call: choose from the scan, unlink."""
     chosen = select_for_floor(rows, need, current, protected, limit)
-    return list(zip(chosen, unlink_batch(root, [(r.camera_id, r.path) for r in chosen]), strict=True))
+    results = unlink_batch(root, [(r.camera_id, r.path) for r in chosen], marker=marker)
+    return list(zip(chosen, results, strict=True))
 
 
 # --------------------------------------------------------------------------- the floor
@@ -352,7 +460,10 @@ class FloorHost(Protocol):
     def config(self) -> Config: ...
     @property
     def protected(self) -> ProtectedPaths: ...
-    def current(self) -> frozenset[str]: ...
+    @property
+    def volume_marker(self) -> str | None: ...
+    def current(self) -> Container[str]: ...
+    def deletion_paused(self) -> bool: ...
     def account(self, pairs: Sequence[Pair], reason: str) -> None: ...
     async def floor_from_index(self, guard: DiskGuard, check: DiskCheck) -> None: ...
     async def refresh_protected(self) -> None: ...
@@ -371,15 +482,22 @@ class DiskGuard:
         self.levels = UsageLevels()
         self._stuck_logged = False
         self._root_error_logged = False
+        # The last statvfs that worked and when (monotonic): /metrics and /healthz read this instead of
+        # calling statvfs on the event loop, where a hung mount would freeze everything.
+        self.last: tuple[DiskUsage, float] | None = None
+        self.answered_at = time.monotonic()  # statvfs last returned (a value or an error), or creation
 
     async def _usage(self) -> DiskUsage | None:
         try:
             usage = await asyncio.to_thread(read_usage, self.host.config.storage.root)
         except OSError as exc:
+            self.last, self.answered_at = None, time.monotonic()
             if not self._root_error_logged:
                 self._root_error_logged = True
                 log.error("retention_error", path=str(self.host.config.storage.root), error=exc.strerror or str(exc))
             return None
+        self.answered_at = time.monotonic()
+        self.last = (usage, self.answered_at)
         self._root_error_logged = False
         DISK_FREE.set(usage.free)
         DISK_USED_RATIO.set(usage.used_ratio)
@@ -394,13 +512,18 @@ class DiskGuard:
         self.levels.observe(usage)
         floor, target = floor_and_target(self.host.config.storage, usage.total)
         check = DiskCheck(before=usage, floor=floor, target=target, free=usage.free)
+        paused = self.host.deletion_paused()  # asked every check: the pause metric and log stay current
         if usage.free >= floor:
             self._stuck_logged = False
             return check
+        if paused:
+            return check  # the files we see may be on the wrong filesystem: never delete them
         await self.host.floor_from_index(self, check)
         if check.free < target:
             await self._from_files(check)
         await self._usage()
+        if self.host.deletion_paused():
+            return check
         if check.free < floor and not self._stuck_logged:
             self._stuck_logged = True
             log.critical("retention_emergency", outcome="floor_not_restored", free=check.free, floor=floor,
@@ -420,8 +543,13 @@ class DiskGuard:
         root = host.config.storage.root
         rows = iter_oldest_files(root)
         while check.free < check.target:
+            if host.deletion_paused():
+                return
             pairs = await asyncio.to_thread(take_and_unlink, rows, root, check.target - check.free,
-                                            host.current(), host.protected, host.config.retention.batch_size)
+                                            host.current(), host.protected, host.config.retention.batch_size,
+                                            marker=host.volume_marker)
+            if any(res.detail == MARKER_MISSING for _, res in pairs):
+                return  # the volume went away under us: nothing was unlinked
             if not pairs:
                 return
             host.account(pairs, "disk")
@@ -456,30 +584,40 @@ class ProtectedPaths:
     """Paths the index marks protected, in memory and in ``<root>/.recorderd/protected_paths``.
 
     The index is the only place protection is recorded; this copy lets the free-space floor honour
-    it while the database is down, even right after a restart.
+    it while the database is down, even right after a restart. Paths are held and compared in their
+    canonical spelling (``RootSpellings``): the scan spells files with the configured root, the index
+    with whatever root spelling wrote them.
     """
 
     def __init__(self, root: Path) -> None:
         self.file = root / STATE_DIR / "protected_paths"
+        self.roots = RootSpellings(root)
         self.paths: frozenset[str] = frozenset()
         self.known = False
+        self._saved: frozenset[str] | None = None  # what the file holds, as far as we know
         self._logged = False
 
     def __contains__(self, path: object) -> bool:
-        return path in self.paths
+        return isinstance(path, str) and self.roots.canon(path) in self.paths
 
-    def replace(self, paths: Iterable[str]) -> None:
+    def replace(self, paths: Iterable[str], *, save: bool = True) -> None:
         """New set from the index (swapped in one assignment); the file is rewritten atomically when it
-        changed. A failed write is logged once and retried next time, never raised."""
-        new = frozenset(paths)
-        changed = new != self.paths or not self.file.exists()
+        changed. Blocking (resolves root spellings): call in a worker thread. ``save=False`` while the
+        storage volume is not verified: the file would land on whatever is mounted there. A failed
+        write is logged once and retried next time, never raised."""
+        paths = list(paths)
+        self.roots.learn(paths)
+        new = frozenset(self.roots.canon(p) for p in paths)
         self.paths, self.known = new, True
-        if changed:
+        if not save:
+            return
+        if new != self._saved or not self.file.exists():
             try:
                 self.file.parent.mkdir(exist_ok=True)  # never the root itself: it may be unmounted
                 tmp = self.file.with_suffix(".tmp")
                 tmp.write_text("".join(p + "\n" for p in sorted(new)), encoding="utf-8")
                 os.replace(tmp, self.file)
+                self._saved = new
                 self._logged = False
             except OSError as exc:
                 if not self._logged:
@@ -487,12 +625,16 @@ class ProtectedPaths:
                     log.error("retention_error", path=str(self.file), error=exc.strerror or str(exc))
 
     def load(self) -> bool:
-        """Read the saved copy if nothing fresher is known; True when the set is known afterwards."""
+        """Read the saved copy if nothing fresher is known; True when the set is known afterwards.
+        Blocking: call in a worker thread."""
         if self.known:
             return True
         try:
             text = self.file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             return False
-        self.paths, self.known = frozenset(line for line in text.splitlines() if line), True
+        lines = [line for line in text.splitlines() if line]
+        self.roots.learn(lines)
+        self.paths, self.known = frozenset(self.roots.canon(p) for p in lines), True
+        self._saved = self.paths
         return True

@@ -13,11 +13,15 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 CHECKS = ("database_down", "disk_unknown", "disk_low", "camera_not_recording", "index_backlog",
-          "health_error")
+          "storage_missing", "clock_untrusted", "health_error")
 # States in which a camera is fine without producing segments.
 QUIET_STATES = frozenset({"recording", "disabled"})
 # A camera is "not recording" once it has been out of QUIET_STATES for this many segment lengths.
 SEGMENTS_OF_GRACE = 2
+# A disk reading older than this many check periods (and at least DISK_STALE_MIN seconds) means the
+# storage filesystem stopped answering: a hung mount, which must show instead of the last good numbers.
+DISK_STALE_CHECKS = 3
+DISK_STALE_MIN = 30.0
 
 
 class CameraHealth(NamedTuple):
@@ -36,6 +40,11 @@ class HealthSnapshot:
     ``disk_*`` are None (or a total of 0) when the storage root could not be statted; ``floor_bytes``
     comes from ``disk_floor_bytes``; ``pending_limit`` is the backlog beyond which the index is
     degraded (half the default ``database.pending_max_rows``; None disables the check).
+
+    ``disk_age_seconds`` is how long ago the storage filesystem last answered statvfs (the sweeper
+    reads it in a thread; None: the numbers are fresh); beyond ``disk_stale_seconds`` the numbers are
+    not trusted and the reason is ``disk_unknown``. ``storage_missing`` / ``clock_untrusted`` carry the
+    storage and clock gates' reasons (None: fine).
     """
 
     now: float
@@ -46,6 +55,16 @@ class HealthSnapshot:
     cameras: Sequence[CameraHealth] = ()
     pending_rows: int = 0
     pending_limit: int | None = 100_000
+    disk_age_seconds: float | None = None
+    disk_stale_seconds: float = DISK_STALE_MIN
+    storage_missing: str | None = None
+    clock_untrusted: str | None = None
+
+
+def disk_stale_after(disk_check_seconds: float) -> float:
+    """How old a disk reading may get before /healthz calls it unknown: a few missed checks, never
+    less than ``DISK_STALE_MIN`` (a busy disk answering late is not a hung one)."""
+    return max(DISK_STALE_MIN, DISK_STALE_CHECKS * disk_check_seconds)
 
 
 def disk_floor_bytes(total_bytes: int, min_free_percent: float, min_free_bytes: int) -> int:
@@ -64,7 +83,12 @@ def health_reasons(snapshot: HealthSnapshot) -> list[str]:
     if not s.database_up:
         reasons.append(f"database_down: index database unreachable, {s.pending_rows} rows waiting")
 
-    if s.disk_free_bytes is None or s.disk_total_bytes is None or s.disk_total_bytes <= 0:
+    if s.storage_missing is not None:
+        reasons.append(f"storage_missing: {s.storage_missing}")
+
+    if s.disk_age_seconds is not None and s.disk_age_seconds > s.disk_stale_seconds:
+        reasons.append(f"disk_unknown: storage filesystem did not answer for {_duration(s.disk_age_seconds)}")
+    elif s.disk_free_bytes is None or s.disk_total_bytes is None or s.disk_total_bytes <= 0:
         reasons.append("disk_unknown: cannot stat the storage filesystem")
     elif s.disk_free_bytes < s.floor_bytes:
         used = 1.0 - s.disk_free_bytes / s.disk_total_bytes
@@ -82,6 +106,9 @@ def health_reasons(snapshot: HealthSnapshot) -> list[str]:
 
     if s.pending_limit is not None and s.pending_rows > s.pending_limit:
         reasons.append(f"index_backlog: {s.pending_rows} segment rows pending (limit {s.pending_limit})")
+
+    if s.clock_untrusted is not None:
+        reasons.append(f"clock_untrusted: {s.clock_untrusted}")
     return reasons
 
 

@@ -5,6 +5,12 @@ thread, one call per batch), delete the rows; whatever a crash leaves marked is 
 start. The decisions (what goes, in which order) are pure functions below; ``Sweeper`` only feeds
 them rows from the index and carries them out. The free-space floor keeps working from the
 filesystem alone while the database is down.
+
+Two gates can hold deletions back. The clock gate (a wall clock that just stepped makes everything
+look old) refuses age deletions only: the cap and the floor do not read the clock. The storage gate
+(the volume marker is missing or not verified yet: the files we see may be on the filesystem under an
+unmounted disk) refuses every deletion. Each closed gate is one ``retention_paused`` line per episode
+and ``recorderd_retention_paused{reason}`` = 1.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,10 +31,13 @@ import asyncpg
 from recorderd.config import DEFAULT_PLANS, Config
 from recorderd.db import DatabaseUnavailable, is_connection_error
 from recorderd.diskguard import (
+    MARKER_MISSING,
     DiskCheck,
     DiskGuard,
+    DiskUsage,
     Outcome,
     Pair,
+    PathSet,
     ProtectedPaths,
     SegmentRow,
     UnlinkResult,
@@ -39,7 +48,13 @@ from recorderd.diskguard import (
 )
 from recorderd.layout import iso
 from recorderd.logging import get_logger
-from recorderd.metrics import RETENTION_DELETED, RETENTION_DELETED_BYTES, STORAGE_USED, SWEEP_DURATION
+from recorderd.metrics import (
+    RETENTION_DELETED,
+    RETENTION_DELETED_BYTES,
+    RETENTION_PAUSED,
+    STORAGE_USED,
+    SWEEP_DURATION,
+)
 
 log = get_logger()
 DAY = 86400.0
@@ -90,14 +105,14 @@ def resolve_policies(config: Config, table: Iterable[Policy], camera_ids: Iterab
     return out
 
 
-def select_expired(rows: Iterable[SegmentRow], cutoff: float, current: frozenset[str]) -> list[SegmentRow]:
+def select_expired(rows: Iterable[SegmentRow], cutoff: float, current: Container[str]) -> list[SegmentRow]:
     """Unprotected, not being written, ended before ``cutoff``; oldest first."""
     chosen = [r for r in rows if r.end < cutoff and is_deletable(r, current)]
     return sorted(chosen, key=lambda r: (r.end, r.start, r.id))
 
 
 def select_over_cap(rows_oldest_first: Iterable[SegmentRow], total: int, max_bytes: int,
-                    current: frozenset[str]) -> list[SegmentRow]:
+                    current: Container[str]) -> list[SegmentRow]:
     """Oldest deletable rows until the camera's unprotected ``total`` fits in ``max_bytes``."""
     chosen: list[SegmentRow] = []
     for row in rows_oldest_first:
@@ -181,18 +196,75 @@ DB_ERRORS = (DatabaseUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError,
 FLOOR_DB_TIMEOUT = 5.0  # the floor would rather scan the disk than wait on a hung database
 
 
+# --------------------------------------------------------------------------- gates
+
+Gate = Callable[[], "str | None"]  # None: fine; else why deletions must wait (for the log and /healthz)
+CLOCK_UNTRUSTED = "clock_untrusted"
+STORAGE_MISSING = "storage_missing"
+_CLOCK_SKIPS = ("age", "empty_day_dirs", "expiry_notices")  # what reads the wall clock
+_STORAGE_SKIPS = ("age", "cap", "floor", "recovery", "empty_day_dirs")  # every deletion
+
+
+def _always_fine() -> str | None:
+    return None
+
+
+class RetentionPaused(Exception):
+    """The storage gate closed in the middle of a sweep: stop deleting now."""
+
+
+class PauseEpisode:
+    """One gate's state as operators see it: the ``recorderd_retention_paused{reason}`` gauge, one
+    ``retention_paused`` line when an episode starts and one ``retention_resumed`` when it ends (a gate
+    asked every two seconds must not log every two seconds)."""
+
+    def __init__(self, key: str, gate: Gate, skipped: Sequence[str]) -> None:
+        self.key = key
+        self.gate = gate
+        self.skipped = list(skipped)
+        self.reason: str | None = None
+        self._since = 0.0
+        RETENTION_PAUSED.labels(key).set(0)
+
+    def check(self) -> bool:
+        """Ask the gate; True while it is closed. A gate that raises counts as closed."""
+        try:
+            reason = self.gate()
+        except Exception as exc:  # a broken gate must fail closed, not kill the sweeper
+            reason = f"gate failed: {exc!r}"
+        if reason is not None and self.reason is None:
+            self._since = time.monotonic()
+            RETENTION_PAUSED.labels(self.key).set(1)
+            log.warning("retention_paused", reason=self.key, detail=reason, skipped=self.skipped)
+        elif reason is None and self.reason is not None:
+            RETENTION_PAUSED.labels(self.key).set(0)
+            log.info("retention_resumed", reason=self.key, paused_seconds=round(time.monotonic() - self._since, 1))
+        self.reason = reason
+        return reason is not None
+
+
 # --------------------------------------------------------------------------- the sweeper
 
 
 class Sweeper:
-    """The daemon's retention task: ``await run()``; ``update_config()`` on reload."""
+    """The daemon's retention task: ``await run()``; ``update_config()`` on reload.
+
+    ``clock_gate`` / ``storage_gate`` return None while deleting is fine, else a reason (see the module
+    docstring). ``volume_marker`` (a path relative to the root, e.g. ``.recorderd/volume.json``) makes
+    every unlink batch check, through the very directory descriptor it unlinks with, that the marker
+    is there: the gate is polled, the disk can go between two polls.
+    """
 
     def __init__(self, config: Config, db: Database, current_files: Callable[[], set[str]],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *, clock_gate: Gate = _always_fine,
+                 storage_gate: Gate = _always_fine, volume_marker: str | None = None) -> None:
         self._config = config
         self._db = db
         self._current_files = current_files
         self._clock = clock
+        self._clock_pause = PauseEpisode(CLOCK_UNTRUSTED, clock_gate, _CLOCK_SKIPS)
+        self._storage_pause = PauseEpisode(STORAGE_MISSING, storage_gate, _STORAGE_SKIPS)
+        self._volume_marker = volume_marker
         self._protected = ProtectedPaths(config.storage.root)
         self._inflight: set[int] = set()  # marked by a batch in progress: not "interrupted"
         self._announced: dict[str, str] = {}  # camera -> oldest day announced as expiring
@@ -207,6 +279,25 @@ class Sweeper:
     def config(self) -> Config:
         return self._config
 
+    @property
+    def volume_marker(self) -> str | None:
+        return self._volume_marker
+
+    @property
+    def last_usage(self) -> tuple[DiskUsage, float] | None:
+        """The storage filesystem's last statvfs that worked and its ``time.monotonic()``; None before the
+        first or after a failed one. Read by /metrics and /healthz, which must never statvfs themselves."""
+        return self._guard.last
+
+    def disk_answer_age(self, now: float | None = None) -> float:
+        """Seconds (monotonic) since statvfs last answered, with a value or an error; counted from the
+        sweeper's creation until the first. Grows without bound while the mount hangs."""
+        return (time.monotonic() if now is None else now) - self._guard.answered_at
+
+    def deletion_paused(self) -> bool:
+        """True while the storage gate is closed (asks it, updates the pause metric and log)."""
+        return self._storage_pause.check()
+
     def update_config(self, config: Config) -> None:
         """Live reload: the next sweep (started now) uses the new plans, caps and floor."""
         if config.storage.root != self._config.storage.root:
@@ -217,10 +308,10 @@ class Sweeper:
     # ---- daemon loop
 
     async def run(self) -> None:
-        """Finish interrupted deletions, then sweep every interval and check the disk every few seconds."""
-        await self.finish_interrupted()
-        tasks = [asyncio.create_task(self._sweep_loop(), name="retention-sweep"),
-                 asyncio.create_task(self._disk_loop(), name="retention-disk")]
+        """Check the disk every few seconds from the start; finish interrupted deletions, then sweep every
+        interval. The disk loop does not wait for the database: it feeds /healthz and defends the floor."""
+        tasks = [asyncio.create_task(self._disk_loop(), name="retention-disk"),
+                 asyncio.create_task(self._sweep_loop(), name="retention-sweep")]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for t in done:
@@ -231,6 +322,7 @@ class Sweeper:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _sweep_loop(self) -> None:
+        await self.finish_interrupted()
         while True:
             self._wake.clear()
             await self.sweep_once()
@@ -263,19 +355,30 @@ class Sweeper:
             log.info("retention_db_unavailable", error=type(exc).__name__ if exc else "database down",
                         detail=str(exc) if exc else "")
 
-    def current(self) -> frozenset[str]:
-        return frozenset(os.path.normpath(p) for p in self._current_files())
+    def current(self) -> PathSet:
+        """The files being written, compared in canonical spelling (see ``RootSpellings``)."""
+        return PathSet(self._current_files(), self._protected.roots.canon)
+
+    async def _learn(self, rows: Sequence[SegmentRow]) -> None:
+        """Resolve root spellings the rows use that we have not seen (a thread hop only when needed)."""
+        paths = [r.path for r in rows]
+        if self._protected.roots.unknown(paths):
+            await asyncio.to_thread(self._protected.roots.learn, paths)
 
     # ---- crash recovery
 
     async def finish_interrupted(self) -> SweepReport:
         """Finish rows a crash left marked ``deleting``: unlink if still there, then drop the row."""
         report = SweepReport()
+        if self.deletion_paused():
+            return report  # every sweep tries again
         if not self._db.up:
             report.db_up = False
             return report
         try:
             await self._finish(report)
+        except RetentionPaused:
+            pass
         except DB_ERRORS as exc:
             report.db_up = False
             self._db_trouble(exc)
@@ -294,6 +397,7 @@ class Sweeper:
                 return
             after = recs[-1]["id"]
             rows = [_row(r) for r in recs]
+            await self._learn(rows)
             current = self.current()
             keep = {r.id for r in rows if not is_deletable(r, current)}  # protected since, or being written
             if keep:
@@ -307,13 +411,20 @@ class Sweeper:
         """Mark, unlink (one thread call), delete rows. Returns what happened to each marked row."""
         if not rows:
             return []
+        if self.deletion_paused():
+            raise RetentionPaused  # asked per batch: a long sweep stops as soon as the volume goes
         if not marked:  # re-checks "not protected" atomically: a clip protected meanwhile is skipped
             rows = [_row(r) for r in await self._fetch(Q["mark"], [r.id for r in rows])]
         ids = {r.id for r in rows}
         self._inflight |= ids
         try:
             root = self._config.storage.root
-            results = await asyncio.to_thread(unlink_batch, root, [(r.camera_id, r.path) for r in rows])
+            results = await asyncio.to_thread(unlink_batch, root, [(r.camera_id, r.path) for r in rows],
+                                              marker=self._volume_marker)
+            if any(res.detail == MARKER_MISSING for res in results):  # nothing was unlinked
+                if not marked:  # a crash's marks stay: that decision is finished once the volume is back
+                    await self._execute(Q["unmark"], list(ids))
+                raise RetentionPaused
             pairs = list(zip(rows, results, strict=True))
             self._account(pairs, reason, report)
             done = [r.id for r, res in pairs if res.outcome is not Outcome.FAILED]
@@ -358,35 +469,46 @@ class Sweeper:
 
     async def sweep_once(self) -> SweepReport:
         """One pass: finish leftovers, age and cap per camera, survey, empty day dirs. Never raises on
-        database trouble or a bad file."""
+        database trouble or a bad file. With the storage gate closed only the survey runs (metrics);
+        with the clock gate closed everything but age deletions and the clock-dated day dirs runs."""
         t0 = time.monotonic()
         cfg = self._config
         report = SweepReport()
         now = self._clock()
         self._log_budget = _LOG_BUDGET
+        storage_paused = self.deletion_paused()
+        clock_paused = self._clock_pause.check()
         if not self._db.up:
             report.db_up = False
             self._db_trouble(None)
         else:
             try:
-                await self._finish(report)
+                if not storage_paused:
+                    await self._finish(report)
                 table = [Policy(r["id"], r["retention_days"], r["max_bytes"], r["tenant"], "index")
                          for r in await self._fetch(Q["camera_table"])]
                 cams = [r["camera_id"] for r in await self._fetch(Q["cameras_with_footage"])]
                 policies = resolve_policies(cfg, table, cams)
                 # no root (disk not mounted): every unlink would fail; the disk check logs it
-                if cfg.retention.enabled and await asyncio.to_thread(os.path.isdir, cfg.storage.root):
-                    for pol in policies.values():
-                        await self._sweep_age(pol, now, report)
+                if (cfg.retention.enabled and not storage_paused
+                        and await asyncio.to_thread(os.path.isdir, cfg.storage.root)):
+                    if not clock_paused:
+                        for pol in policies.values():
+                            await self._sweep_age(pol, now, report)
                     for pol in policies.values():
                         if pol.max_bytes is not None:
                             await self._sweep_cap(pol, pol.max_bytes, report)
-                await self._survey(policies, now, announce=cfg.retention.enabled)
+                await self._survey(policies, now, announce=cfg.retention.enabled and not clock_paused,
+                                   save=not storage_paused)
                 self._db_trouble_logged = False
+            except RetentionPaused:
+                storage_paused = True
             except DB_ERRORS as exc:
                 report.db_up = False
                 self._db_trouble(exc)
-        report.dirs_removed = await asyncio.to_thread(remove_empty_day_dirs, cfg.storage.root, now)
+        if not storage_paused and not clock_paused and not self.deletion_paused():
+            report.dirs_removed = await asyncio.to_thread(remove_empty_day_dirs, cfg.storage.root, now,
+                                                          marker=self._volume_marker)
         report.duration = time.monotonic() - t0
         SWEEP_DURATION.observe(report.duration)
         for reason, s in report.by_reason.items():
@@ -413,7 +535,7 @@ class Sweeper:
             total -= sum(r.size for r in chosen if r.id not in failed)  # also those protected meanwhile
 
     async def _batches(self, camera_id: str, cutoff: datetime) -> AsyncIterator[tuple[list[SegmentRow],
-                                                                                      frozenset[str]]]:
+                                                                                      PathSet]]:
         """Oldest-first rows of one camera ending before ``cutoff``, keyset paged (rows skipped on purpose
         are read once), with the files being written right now; yields to the loop between batches."""
         batch = self._config.retention.batch_size
@@ -423,13 +545,16 @@ class Sweeper:
             if not recs:
                 return
             key = (recs[-1]["start_time"], recs[-1]["id"])
-            yield [_row(r) for r in recs], self.current()
+            rows = [_row(r) for r in recs]
+            await self._learn(rows)
+            yield rows, self.current()
             await asyncio.sleep(0)
             if len(recs) < batch:
                 return
 
-    async def _survey(self, policies: Mapping[str, Policy], now: float, *, announce: bool) -> None:
-        """Storage per camera, the protected-paths copy and expiry notices, from one scan of the index."""
+    async def _survey(self, policies: Mapping[str, Policy], now: float, *, announce: bool, save: bool = True) -> None:
+        """Storage per camera, the protected-paths copy and expiry notices, from one scan of the index.
+        ``save=False``: the copy is kept in memory only (the volume is not verified)."""
         recs = await self._fetch(Q["survey"])
         protected: list[str] = []
         seen: set[str] = set()
@@ -448,13 +573,15 @@ class Sweeper:
         for cam in self._usage_cameras - seen:
             STORAGE_USED.labels(cam).set(0)
         self._usage_cameras = seen
-        await asyncio.to_thread(self._protected.replace, protected)
+        await asyncio.to_thread(lambda: self._protected.replace(protected, save=save))
 
     # ---- the index side of the free-space floor (see diskguard.DiskGuard)
 
     async def check_disk_once(self) -> DiskCheck:
-        """statvfs; below the floor delete the oldest unprotected footage until floor + margin."""
+        """statvfs; below the floor delete the oldest unprotected footage until floor + margin (not while
+        the storage gate is closed)."""
         self._log_budget = _LOG_BUDGET
+        self._clock_pause.check()  # keeps its gauge current between sweeps; the floor ignores the clock
         return await self._guard.check()
 
     @property
@@ -474,12 +601,15 @@ class Sweeper:
                 if not recs:
                     return
                 key = (recs[-1]["end_time"], recs[-1]["id"])
-                chosen = select_for_floor([_row(r) for r in recs], check.target - check.free, self.current(),
-                                          self._protected, batch)
+                rows = [_row(r) for r in recs]
+                await self._learn(rows)
+                chosen = select_for_floor(rows, check.target - check.free, self.current(), self._protected, batch)
                 pairs = await self._delete(chosen, "disk", SweepReport())
                 await guard.note_batch(check, pairs, "index")
                 if pairs and not any(res.outcome is Outcome.DELETED for _, res in pairs):
                     return  # the index's oldest files are not on this disk (gone, unmounted): scan instead
+        except RetentionPaused:
+            return
         except DB_ERRORS as exc:
             self._db_trouble(exc)
 
@@ -487,7 +617,8 @@ class Sweeper:
         if self._db.up:
             try:
                 paths = [r["path"] for r in await self._fetch(Q["protected_paths"], limit_s=FLOOR_DB_TIMEOUT)]
-                await asyncio.to_thread(self._protected.replace, paths)
+                save = not self._storage_pause.reason
+                await asyncio.to_thread(lambda: self._protected.replace(paths, save=save))
             except DB_ERRORS as exc:
                 self._db_trouble(exc)
 
