@@ -10,26 +10,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
+import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 from recorderd import __version__, metrics, systemd
+from recorderd.clock import RunLedger, WallClock
 from recorderd.config import Camera, Config, ConfigError, diff_cameras, load_config
 from recorderd.configwatch import ConfigWatcher
 from recorderd.db import Database
-from recorderd.health import CameraHealth, HealthSnapshot, disk_floor_bytes, health_reasons
+from recorderd.health import CameraHealth, HealthSnapshot, disk_floor_bytes, disk_stale_after, health_reasons
 from recorderd.httpserver import MetricsServer
 from recorderd.indexer import Indexer
 from recorderd.logging import get_logger, register_secrets
 from recorderd.masking import secrets_of
 from recorderd.probe import probe_duration
+from recorderd.process import SpawnPacer
+from recorderd.progress import ProgressPoller
 from recorderd.retention import Sweeper
 from recorderd.statusfile import remove_status, write_status
-from recorderd.supervisor import CameraSupervisor
+from recorderd.supervisor import CameraSupervisor, forget_camera
+from recorderd.volume import MARKER_REL, RootLock, RootLocked, StorageVolume
 
 log = get_logger()
 STATUS_INTERVAL = 2.0
@@ -49,8 +53,18 @@ class Daemon:
         self.signals_seen = 0
         self.exit_code = 0
         self.db = Database(config.database_dsn())
-        self.indexer = Indexer(config, self.db, current_files=self.current_files)
-        self.sweeper = Sweeper(config, self.db, self.current_files)
+        self.clock = WallClock()
+        self.poller = ProgressPoller()
+        self.pacer = SpawnPacer()
+        self.volume = StorageVolume(config.storage.root, self.db, on_change=self._on_volume)
+        self.indexer = Indexer(config, self.db, current_files=self.current_files,
+                               storage_ok=lambda: self.volume.state == "ok")
+        # every segment passes the ledger, so a clock step can name exactly what it re-stamps
+        self.ledger = RunLedger(self.indexer.submit, self.indexer.restamp)
+        self.clock.listeners.append(self.ledger.on_step)
+        self.clock.restamp_pending = lambda: self.indexer.restamp_pending
+        self.sweeper = Sweeper(config, self.db, self.current_files, clock_gate=self.clock.reason,
+                               storage_gate=self.volume.reason, volume_marker=MARKER_REL)
         self.metrics_server: MetricsServer | None = None
 
     # ------------------------------------------------------------------ cameras
@@ -61,8 +75,11 @@ class Daemon:
     def _start_camera(self, cam: Camera) -> None:
         if self.stop_event.is_set():
             return
-        sup = CameraSupervisor(cam, self.config.storage.root, self.indexer.submit,
-                               ffmpeg_bin=self.ffmpeg_bin, probe=probe_duration)
+        sup = CameraSupervisor(cam, self.config.storage.root, self.ledger.submit,
+                               ffmpeg_bin=self.ffmpeg_bin, probe=probe_duration, clock=self.clock,
+                               progress=self.poller, pacer=self.pacer)
+        if self.volume.state == "missing":
+            sup.hold("storage_missing", self.volume.reason() or "storage volume missing")
         self.supervisors[cam.id] = sup
         metrics.set_camera_segment_seconds(cam.id, cam.segment_seconds if cam.enabled else None)
         self.camera_tasks[cam.id] = asyncio.create_task(sup.run(), name=f"camera:{cam.id}")
@@ -110,7 +127,7 @@ class Daemon:
         budget = min(6.0, new.shutdown_seconds)
         await asyncio.gather(*(self._stop_camera(c.id, budget) for c in diff.removed + diff.restarted))
         for cam in diff.removed:
-            metrics.forget_camera(cam.id)
+            forget_camera(cam.id)
         if self.stop_event.is_set():  # shutdown began while we stopped cameras: start nothing
             return False
         for cam in diff.added + diff.restarted:
@@ -158,20 +175,30 @@ class Daemon:
         return (f"{rec}/{len(states)} cameras recording; database {'up' if self.db.up else 'DOWN'}; "
                 f"{self.indexer.pending_count} rows pending")
 
+    def _on_volume(self, state: str) -> None:
+        """The storage volume went missing (or came back): never record onto the disk underneath."""
+        for sup in self.supervisors.values():
+            if state == "missing":
+                sup.hold("storage_missing", self.volume.reason() or "storage volume missing")
+            else:
+                sup.release()
+
     def health(self) -> list[str]:
+        """From readings the background tasks already took: a request never touches the disk."""
         st = self.config.storage
-        try:
-            du = shutil.disk_usage(st.root)
-            total, free = du.total, du.free
-        except OSError:
-            total = free = 0
+        usage = self.sweeper.last_usage
+        total, free = (usage[0].total, usage[0].free) if usage else (None, None)
         snap = HealthSnapshot(
             database_up=self.db.up, disk_free_bytes=free, disk_total_bytes=total,
-            floor_bytes=disk_floor_bytes(total, st.min_free_percent, st.min_free_bytes),
+            floor_bytes=disk_floor_bytes(total or 0, st.min_free_percent, st.min_free_bytes),
             cameras=[CameraHealth(s.camera.id, s.state, s.state_since, s.camera.segment_seconds)
                      for s in self.supervisors.values()],
             pending_rows=self.indexer.pending_count, now=time.time(),
-            pending_limit=self.config.database.pending_max_rows // 2)
+            pending_limit=self.config.database.pending_max_rows // 2,
+            disk_age_seconds=self.sweeper.disk_answer_age(),
+            disk_stale_seconds=disk_stale_after(self.config.retention.disk_check_seconds),
+            storage_missing=self.volume.reason(),
+            clock_untrusted=self.clock.reason())
         return health_reasons(snap)
 
     async def _status_loop(self) -> None:
@@ -215,6 +242,9 @@ class Daemon:
         metrics.INDEX_PENDING_MAX.set(cfg.database.pending_max_rows)
         for cam in cfg.cameras:  # a disabled camera gets an idle supervisor: status shows it
             self._start_camera(cam)
+        self._core(self.clock.run(), "clock")
+        self._core(self.poller.run(), "progress")
+        self._core(self.volume.run(), "volume")
         self._core(self.indexer.run(), "indexer")
         self._core(self.sweeper.run(), "sweeper")
         self._core(self._status_loop(), "status")
@@ -296,6 +326,17 @@ def _keep_fixed(new: Config, old: Config) -> Config:
 def run(config_path: Path, *, ffmpeg_bin: str = "ffmpeg") -> int:
     config = load_config(config_path)  # ConfigError propagates: refuse to start on a bad file
     register_secrets([s for c in config.cameras for s in secrets_of(c.url)])
+    lock = RootLock(config.storage.root)
+    try:  # two daemons on one root would truncate each other's files and sweep twice
+        lock.acquire()
+    except RootLocked as exc:
+        log.error("daemon_already_running", pid=exc.pid, root=str(config.storage.root), error=str(exc))
+        print(f"recorderd: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        log.error("storage_error", path=str(config.storage.root), error=str(exc))
+        print(f"recorderd: cannot lock the storage root {config.storage.root}: {exc}", file=sys.stderr)
+        return 1
     try:
         import uvloop
 
@@ -306,4 +347,7 @@ def run(config_path: Path, *, ffmpeg_bin: str = "ffmpeg") -> int:
     async def main() -> int:
         return await Daemon(config, config_path, ffmpeg_bin=ffmpeg_bin).run()
 
-    return int(runner(main()))
+    try:
+        return int(runner(main()))
+    finally:
+        lock.release()

@@ -20,22 +20,56 @@ MP4_AUDIO_CODECS = frozenset({"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac
 FRAG_OPTIONS = "movflags=+frag_keyframe+empty_moov+default_base_moof:flush_packets=1"
 
 
+INPUT_FD = "{input_fd}"  # replaced by the fd number of the pipe carrying the input script
+# what the one-entry concat script may open: the camera's own protocols, never other files
+_INPUT_PROTOCOLS = "pipe,rtsp,rtsps,rtp,srtp,udp,tcp,tls,http,https,httpproxy,crypto,rtmp,rtmps"
+
+
+def input_options(camera: Camera) -> list[tuple[str, str]]:
+    """Demuxer/protocol options of the camera input (socket timeout, RTSP transport)."""
+    scheme = urlsplit(camera.url).scheme
+    if scheme in ("rtsp", "rtsps"):
+        return [("rtsp_transport", camera.rtsp_transport),
+                ("timeout", str(int(camera.timeout_seconds * 1_000_000)))]
+    if scheme in ("http", "https", "rtmp"):
+        return [("rw_timeout", str(int(camera.timeout_seconds * 1_000_000)))]
+    return []
+
+
+def input_script(camera: Camera) -> bytes:
+    """The camera URL as a one-entry ffconcat script, so it never appears on FFmpeg's command line.
+
+    Every local user can read a process's argv (``ps``, ``systemctl status``); a pipe inherited by
+    FFmpeg cannot be read by anyone else. The concat demuxer opens the URL with the input options.
+    """
+    quoted = "'" + camera.url.replace("'", "'\\''") + "'"
+    lines = ["ffconcat version 1.0", f"file {quoted}"]
+    lines += [f"option {key} {value}" for key, value in input_options(camera)]
+    return ("\n".join(lines) + "\n").encode()
+
+
 def build_command(camera: Camera, *, audio_mode: str | None = None, ffmpeg: str = "ffmpeg",
-                  pattern: str = FFMPEG_PATTERN) -> list[str]:
+                  pattern: str = FFMPEG_PATTERN, wallclock: bool = False, via_pipe: bool = False) -> list[str]:
     """argv for one camera; run it with cwd = the camera directory and TZ=UTC.
 
     ``audio_mode`` overrides ``camera.audio`` ("auto" starts as copy; the supervisor switches to
-    "aac" when FFmpeg says the container refuses the codec).
+    "aac" when FFmpeg says the container refuses the codec). ``wallclock`` stamps packets with their
+    arrival time instead of the camera's timestamps, for a camera whose timestamps froze or drifted
+    (files then play at the speed they were recorded at). ``via_pipe``: the input is ``input_script``
+    read from the fd that replaces ``INPUT_FD`` (the daemon's way: no password in argv).
     """
     audio = audio_mode or camera.audio
-    scheme = urlsplit(camera.url).scheme
     argv = [ffmpeg, "-hide_banner", "-nostats", "-loglevel", "info", "-y"]
-    if scheme in ("rtsp", "rtsps"):
-        argv += ["-rtsp_transport", camera.rtsp_transport,
-                 "-timeout", str(int(camera.timeout_seconds * 1_000_000))]
-    elif scheme in ("http", "https", "rtmp"):
-        argv += ["-rw_timeout", str(int(camera.timeout_seconds * 1_000_000))]
-    argv += ["-i", camera.url, "-map", "0:v:0"]
+    if wallclock:
+        argv += ["-use_wallclock_as_timestamps", "1"]
+    if via_pipe:
+        argv += ["-f", "concat", "-safe", "0", "-protocol_whitelist", _INPUT_PROTOCOLS,
+                 "-i", f"pipe:{INPUT_FD}"]
+    else:
+        for key, value in input_options(camera):
+            argv += [f"-{key}", value]
+        argv += ["-i", camera.url]
+    argv += ["-map", "0:v:0"]
     if audio == "off":
         argv += ["-an"]
     else:

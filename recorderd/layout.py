@@ -59,3 +59,37 @@ def parse_segment_path(root: Path, path: str | Path) -> tuple[str, float] | None
 def iso(epoch: float) -> str:
     """ISO 8601 UTC with microseconds, 'Z' suffix."""
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def day_names(now: float, days: int = 2) -> list[str]:
+    """``YYYY-MM-DD`` of ``now`` and the following days (UTC): the dirs FFmpeg's strftime names need."""
+    return [datetime.fromtimestamp(now + 86400 * d, UTC).strftime("%Y-%m-%d") for d in range(days)]
+
+
+def newest_name_time(root: Path, camera_id: str) -> float | None:
+    """Newest segment name time on disk for one camera (blocking: run in a thread)."""
+    import os
+
+    cam_dir = root / camera_id
+    try:
+        days = sorted((d for d in os.listdir(cam_dir) if DAY_RE.match(d)), reverse=True)
+    except OSError:
+        return None
+    for day in days:
+        try:
+            names = [n for n in os.listdir(cam_dir / day) if FILE_RE.match(n)]
+        except OSError:
+            continue
+        times = [p[1] for n in names if (p := parse_segment_path(root, cam_dir / day / n))]
+        if times:
+            return max(times)
+    return None
+
+
+def find_segment(root: Path, camera_id: str, name: str, now: float) -> str:
+    """A closed file FFmpeg never announced, looked up by name in today's and yesterday's dirs."""
+    for epoch in (now, now - 86400):
+        candidate = day_dir(root, camera_id, epoch) / name
+        if candidate.exists():
+            return str(candidate)
+    return str(root / camera_id / name)

@@ -118,7 +118,7 @@ def forget_camera(camera: str) -> None:
               SEGMENTS, SEGMENT_BYTES):
         _remove(g, camera)
     for metric in (FFMPEG_RESTARTS, CAMERA_RESYNCS):  # labelled (camera, reason): every reason seen
-        for labels in [k for k in list(metric._metrics) if k[0] == camera]:  # noqa: SLF001
+        for labels in [k for k in list(metric._metrics) if k[0] == camera]:
             _remove(metric, *labels)
 
 

@@ -4,11 +4,10 @@ A supervisor never raises: an unreachable camera is ``offline`` (a normal state)
 restart with backoff, a frozen camera is ``stalled`` and killed. FFmpeg exits 0 when a camera
 drops, so the exit code alone never means "clean": only a stop we asked for is clean.
 
-Timestamps: within one FFmpeg run segment times come from the segment list (stream seconds), so
-consecutive segments tile exactly. The run is anchored to the wall clock when its first segment
-closes: the cut happens the moment the first packet of the next segment arrives, so
-``anchor = wall_now - end_stream`` places the run within the camera's network latency, without
-being fooled by the seconds FFmpeg spends probing the stream before it opens the first file.
+Times: ``stamps.RunTimeline`` turns the segment list's stream seconds into wall times (anchored on
+the monotonic clock, tiled exactly, stamped by arrival when the camera's timestamps drift); the
+shared ``clock.WallClock`` tells of wall-clock steps. Growth of the file being written (stall
+detection, the late first close) comes from the shared ``progress.ProgressPoller``.
 """
 
 from __future__ import annotations
@@ -19,27 +18,37 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from recorderd import ffmpeg, metrics
+from recorderd import ffmpeg, metrics, mp4
 from recorderd.backoff import Backoff
+from recorderd.clock import Step, WallClock
 from recorderd.config import Camera
 from recorderd.events import SegmentEvent
-from recorderd.layout import FILE_RE, ffmpeg_pattern, parse_segment_path
+from recorderd.layout import day_names, ffmpeg_pattern, find_segment, newest_name_time, parse_segment_path
 from recorderd.logging import get_logger
 from recorderd.masking import mask_text, secrets_of
-from recorderd.process import port_open, set_pdeathsig, stop_process
+from recorderd.process import SpawnPacer, port_open, spawn, stop_process
+from recorderd.progress import ProgressPoller
 from recorderd.ratelimit import KeyedRateLimiter
+from recorderd.stamps import PERSISTENT, RunTimeline, Stamp
 
 STDERR_TAIL = 30
 PROBE_INTERVAL = 1.0  # TCP probe of an offline camera, so a return is noticed within seconds
 STARTUP_GRACE = 15.0  # extra time before the first byte counts as a stall
 # FFmpeg stderr forwarded to the journal: a burst of 20 lines, then 1 line/s per camera
 _STDERR_LIMIT = KeyedRateLimiter(rate=1.0, burst=20)
+# exits that are our own doing and restart at once (no backoff, not the camera's fault)
+_IMMEDIATE = ("audio_transcode", "clock_step", "resync")
+
+
+def forget_camera(camera_id: str) -> None:
+    """A camera removed from the config leaves no metric series and no rate-limit bucket behind."""
+    metrics.forget_camera(camera_id)
+    _STDERR_LIMIT.forget(camera_id)
 
 
 @dataclass(slots=True)
@@ -48,19 +57,14 @@ class _Run:
 
     run_id: str
     started: float  # monotonic
-    started_wall: float
     proc: asyncio.subprocess.Process | None = None
     opened: dict[str, str] = field(default_factory=dict)  # basename -> absolute path, not yet closed
-    anchor: float | None = None  # wall = anchor + stream seconds
+    timeline: RunTimeline = field(default_factory=RunTimeline)
     seq: int = 0
-    last_end: float | None = None  # stream seconds
     segments: int = 0
-    stall_killed: bool = False
+    stop_why: str | None = None  # set when we stopped it: stall, clock_step, resync, hold
     stderr: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL))
-    progress_at: float = 0.0  # monotonic time output last grew
-    progress_key: tuple[str, int] | None = None
-    clock_offset: float = 0.0  # wall - monotonic at start: a drop means the wall clock stepped back
-    clock_stepped: bool = False
+    stopper: asyncio.Task[None] | None = None
 
 
 class CameraSupervisor:
@@ -73,6 +77,9 @@ class CameraSupervisor:
         ffmpeg_bin: str = "ffmpeg",
         probe: Callable[[str], Any] | None = None,
         backoff: Backoff | None = None,
+        clock: WallClock | None = None,
+        progress: ProgressPoller | None = None,
+        pacer: SpawnPacer | None = None,
     ) -> None:
         self.camera = camera
         self.root = root
@@ -80,6 +87,12 @@ class CameraSupervisor:
         self.ffmpeg_bin = ffmpeg_bin
         self.probe = probe
         self.backoff = backoff or Backoff()
+        self._own_clock = clock is None  # standalone (tests): run our own clock and poller tasks
+        self.clock = clock or WallClock()
+        self._own_poller = progress is None
+        self.poller = progress or ProgressPoller()
+        self.pacer = pacer or SpawnPacer()
+        self._fp = self.poller.track(camera.id)
         self.log = get_logger(camera=camera.id)
         self.state = "disabled" if not camera.enabled else "starting"
         self.state_since = time.time()
@@ -87,16 +100,20 @@ class CameraSupervisor:
         self.segments_total = 0
         self.last_segment_end: float | None = None
         self.current_file: str | None = None
+        self.wallclock_timestamps = False  # set by a re-sync: the camera's own timestamps drifted
         self._secrets = secrets_of(camera.url)
         self._audio_mode = "copy" if camera.audio == "auto" else camera.audio
         self._stopping = asyncio.Event()
+        self._held: str | None = None
+        self._released = asyncio.Event()
+        self._released.set()
         self._run: _Run | None = None
         self._offline_logged = False
         self._last_exit_wall = 0.0
         self._days_ready: set[str] = set()
-        self._drift_warned = False
         self._newest_name: float | None = None  # newest file name time (s) this camera has on disk
         self._storage_error_logged = False
+        self._tasks: set[asyncio.Task[Any]] = set()
         metrics.set_camera_state(camera.id, self.state)
 
     # ------------------------------------------------------------------ public
@@ -107,7 +124,7 @@ class CameraSupervisor:
         return r.proc.pid if r and r.proc and r.proc.returncode is None else None
 
     def update(self, camera: Camera) -> None:
-        """Metadata-only change (name, plan, retention): the running FFmpeg is left alone."""
+        """Change that needs no restart (name, plan, retention, stall_seconds): applied live."""
         assert camera.recording_key() == self.camera.recording_key()
         self.camera = camera
 
@@ -124,6 +141,7 @@ class CameraSupervisor:
             "pid": self.pid,
             "state_since": self.state_since,
             "segment_seconds": self.camera.segment_seconds,
+            "timestamps": "arrival" if self.wallclock_timestamps else "camera",
         }
 
     async def run(self) -> None:
@@ -132,9 +150,30 @@ class CameraSupervisor:
             self._set_state("disabled")
             await self._stopping.wait()
             return
+        own = []
+        if self._own_poller:
+            own.append(asyncio.create_task(self.poller.run(), name=f"{self.camera.id}:progress"))
+        if self._own_clock:
+            own.append(asyncio.create_task(self.clock.run(), name=f"{self.camera.id}:clock"))
+        self.clock.listeners.append(self._on_clock_step)
+        self._fp.on_tick = self._on_tick
+        try:
+            await self._loop()
+        finally:
+            self.clock.listeners.remove(self._on_clock_step)
+            self._fp.on_tick = None
+            self.poller.untrack(self.camera.id)
+            for t in own:
+                t.cancel()
+            self.current_file = None
+
+    async def _loop(self) -> None:
         first = True
         while not self._stopping.is_set():
             try:
+                if self._held is not None:
+                    await self._wait_released()
+                    continue
                 if first:
                     # a restarted daemon must not reuse the second its killed FFmpeg opened a file in
                     await self._sleep(1.0 - (time.time() % 1.0))
@@ -143,13 +182,12 @@ class CameraSupervisor:
                     break
                 await self._record_once()
             except asyncio.CancelledError:
-                await self._kill_now()
+                self.kill_now(stopping=False)
                 raise
             except Exception as exc:  # a supervisor bug must not take the daemon down
                 self.log.exception("supervisor_error", error=mask_text(repr(exc), self._secrets))
-                await self._kill_now()
+                self.kill_now(stopping=False)
                 await self._sleep(self.backoff.next_delay())
-        self.current_file = None
 
     async def stop(self, q_wait: float = 4.0, term_wait: float = 2.0) -> None:
         """Ask FFmpeg to finish (``q``) so the open segment is closed cleanly, escalating if it hangs."""
@@ -159,16 +197,45 @@ class CameraSupervisor:
             return
         await stop_process(run.proc, q_wait, term_wait, why="stop", log=self.log)
 
+    def hold(self, state: str, reason: str) -> None:
+        """Stop recording until ``release`` (the storage volume is missing: never write underneath)."""
+        if self._held == state:
+            return
+        self._held = state
+        self._released.clear()
+        self._set_state(state)
+        self.log.warning("camera_held", state=state, reason=reason)
+        run = self._run
+        if run is not None:
+            self._stop_run(run, 4.0, "hold")
+
+    def release(self) -> None:
+        if self._held is None:
+            return
+        self.log.info("camera_released", state=self._held)
+        self._held = None
+        self._set_state("starting")
+        self._released.set()
+
+    def kill_now(self, stopping: bool = True) -> None:
+        """Second signal (or a bug): no more waiting."""
+        if stopping:
+            self._stopping.set()
+        run = self._run
+        if run and run.proc and run.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                run.proc.kill()
+
     # ------------------------------------------------------------------ one FFmpeg run
 
     async def _record_once(self) -> None:
         cam = self.camera
         cam_dir = self.root / cam.id
-        run = _Run(run_id=str(uuid.uuid4()), started=time.monotonic(), started_wall=time.time())
+        run = _Run(run_id=str(uuid.uuid4()), started=time.monotonic())
         try:
-            await asyncio.to_thread(self._ensure_days, time.time(), force=True)
+            await asyncio.to_thread(self._ensure_days, time.time(), True)
             if self._newest_name is None:
-                self._newest_name = await asyncio.to_thread(self._scan_newest_name)
+                self._newest_name = await asyncio.to_thread(newest_name_time, self.root, cam.id)
         except OSError as exc:  # unwritable or full storage: not a camera problem, not a bug
             if not self._storage_error_logged:
                 self._storage_error_logged = True
@@ -177,7 +244,8 @@ class CameraSupervisor:
             await self._wait_before_retry(run, "storage_error")
             return
         self._storage_error_logged = False
-        if self._stopping.is_set():
+        await self.pacer.turn()  # a mass start spreads over a few seconds
+        if self._stopping.is_set() or self._held is not None:
             return
         self._run = run
         if self.state != "offline":  # an offline camera stays offline until it records again
@@ -189,68 +257,74 @@ class CameraSupervisor:
             self.log.warning("clock_behind_footage", newest_file_time=self._newest_name,
                              now=time.time(), suffix=tag)
         argv = ffmpeg.build_command(cam, audio_mode=self._audio_mode, ffmpeg=self.ffmpeg_bin,
-                                    pattern=ffmpeg_pattern(tag))
+                                    pattern=ffmpeg_pattern(tag), wallclock=self.wallclock_timestamps,
+                                    via_pipe=True)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TZ": "UTC", "LC_ALL": "C"}
+        # a preload the operator gave the daemon (libfaketime in the clock tests, a debugging
+        # allocator) applies to its FFmpegs too; nothing else of our environment reaches them
+        env.update({k: v for k, v in os.environ.items() if k == "LD_PRELOAD" or k.startswith("FAKETIME")})
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=cam_dir, env=env, stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True, preexec_fn=set_pdeathsig,
-            )
+            proc = await spawn(argv, cwd=cam_dir, env=env, input_data=ffmpeg.input_script(cam),
+                               fd_placeholder=ffmpeg.INPUT_FD)
         except OSError as exc:
             self.log.error("ffmpeg_spawn_failed", error=str(exc), ffmpeg=self.ffmpeg_bin)
             self._after_exit(run, rc=None, reason="spawn_failed")
             await self._wait_before_retry(run, "spawn_failed")
             return
         run.proc = proc
-        run.progress_at = time.monotonic()
-        run.clock_offset = time.time() - time.monotonic()
+        self._fp.reset(time.monotonic())
         if self._stopping.is_set():  # stop() ran while we were spawning: it saw no process
             await stop_process(proc, 4.0, 2.0, why="stop", log=self.log)
+        elif self._held is not None:
+            self._stop_run(run, 4.0, "hold")
         self.log.info("ffmpeg_started", pid=proc.pid, url=cam.masked_url, run_id=run.run_id,
-                      audio=self._audio_mode, segment_seconds=cam.segment_seconds)
+                      audio=self._audio_mode, segment_seconds=cam.segment_seconds,
+                      timestamps="arrival" if self.wallclock_timestamps else "camera")
         readers = [
             asyncio.create_task(self._read_stdout(run, proc), name=f"{cam.id}:stdout"),
             asyncio.create_task(self._read_stderr(run, proc), name=f"{cam.id}:stderr"),
         ]
-        watchdog = asyncio.create_task(self._watch_stall(run, proc), name=f"{cam.id}:stall")
         try:
             rc = await proc.wait()
             await asyncio.wait(readers, timeout=5)
         finally:
-            watchdog.cancel()
             for t in readers:
                 t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(watchdog, *readers, return_exceptions=True)
+                await asyncio.gather(*readers, return_exceptions=True)
+        wrote = self._fp.wrote_bytes
+        self._fp.path = None
         await self._finish_open_segments(run)
-        reason = self._exit_reason(run, rc)
+        reason = self._exit_reason(run, rc, wrote)
         self._after_exit(run, rc, reason)
-        if not self._stopping.is_set():
+        if not self._stopping.is_set() and self._held is None:
             await self._wait_before_retry(run, reason)
 
-    def _exit_reason(self, run: _Run, rc: int | None) -> str:
-        if self._stopping.is_set():
+    def _stop_run(self, run: _Run, q_wait: float, why: str) -> None:
+        """Stop this run's FFmpeg in the background (from a callback), once."""
+        proc = run.proc
+        if proc is None or proc.returncode is not None or run.stopper is not None:
+            return
+        run.stop_why = why
+        run.stopper = self._spawn_task(stop_process(proc, q_wait, 2.0, why=why, log=self.log))
+
+    def _exit_reason(self, run: _Run, rc: int | None, wrote: bool) -> str:
+        if self._stopping.is_set() or run.stop_why == "hold":
             return "stopped"
-        if run.stall_killed:
-            return "stall"
-        if run.clock_stepped:
-            return "clock_step"
+        if run.stop_why is not None:
+            return run.stop_why
         lines = list(run.stderr)
         codec = ffmpeg.audio_refused(lines)
         if codec and self.camera.audio == "auto" and self._audio_mode == "copy":
             self._audio_mode = "aac"
             self.log.info("audio_transcoding", codec=codec, reason="mp4 refuses codec; transcoding to AAC")
             return "audio_transcode"
-        if run.segments == 0 and not self._wrote_bytes(run):
+        if run.segments == 0 and not wrote:
             kind = ffmpeg.classify_failure(lines)
             return "offline" if kind == "unreachable" else ("rejected" if kind == "rejected" else "error")
         if rc is not None and rc < 0:
             return "killed"
         return "camera_dropped" if rc == 0 else "error"
-
-    def _wrote_bytes(self, run: _Run) -> bool:
-        return run.progress_key is not None and run.progress_key[1] > 0
 
     def _after_exit(self, run: _Run, rc: int | None, reason: str) -> None:
         self._last_exit_wall = time.time()
@@ -271,15 +345,15 @@ class CameraSupervisor:
                 self.log.warning("camera_offline", url=self.camera.masked_url, rc=rc, stderr=tail)
             self._set_state("offline")
             return
-        level = "warning" if reason in ("camera_dropped", "stall", "audio_transcode", "clock_step") else "error"
+        level = "warning" if reason in ("camera_dropped", "stall", *_IMMEDIATE) else "error"
         getattr(self.log, level)("ffmpeg_exited", rc=rc, reason=reason, run_seconds=round(lasted, 1),
                                  segments=run.segments, stderr=tail)
-        if reason not in ("audio_transcode", "clock_step"):
+        if reason not in _IMMEDIATE:
             self._set_state("backoff")
 
     async def _wait_before_retry(self, run: _Run, reason: str) -> None:
         lasted = time.monotonic() - run.started
-        if reason in ("audio_transcode", "clock_step"):
+        if reason in _IMMEDIATE:
             delay = 0.0
         else:
             delay = self.backoff.next_delay(lasted if run.segments else 0.0)
@@ -294,17 +368,27 @@ class CameraSupervisor:
             self.log.info("ffmpeg_restarted", reason=reason, attempt=self.backoff.attempt)
 
     async def _wait_for_camera(self, delay: float) -> None:
-        """Back off, but come back within a second of the camera's port accepting again."""
+        """Back off, but come back within a second of the camera's port opening again.
+
+        Only a port seen closed and then open cuts the wait short: a camera that accepts TCP and then
+        resets the stream would otherwise get a new FFmpeg every second, forever.
+        """
         addr = ffmpeg.camera_address(self.camera.url)
         deadline = time.monotonic() + delay
+        seen_closed = False
         while not self._stopping.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 return
             await self._sleep(min(PROBE_INTERVAL, left))
-            if addr and await port_open(*addr, timeout=min(1.0, PROBE_INTERVAL)):
-                self.log.debug("camera_port_open", host=addr[0], port=addr[1])
-                return
+            if addr is None:
+                continue
+            if await port_open(*addr, timeout=min(1.0, PROBE_INTERVAL)):
+                if seen_closed:
+                    self.log.debug("camera_port_open", host=addr[0], port=addr[1])
+                    return
+            else:
+                seen_closed = True
 
     # ------------------------------------------------------------------ FFmpeg output
 
@@ -320,7 +404,7 @@ class CameraSupervisor:
             entry = ffmpeg.parse_list_line(raw.decode("utf-8", "replace"))
             if entry is not None:
                 try:
-                    self._segment_closed(run, entry, time.time())
+                    self._segment_closed(run, entry, self.clock.mono())
                 except Exception as exc:  # keep draining: a stuck pipe would stall FFmpeg
                     self.log.exception("segment_close_failed", error=repr(exc), name=entry.name)
 
@@ -363,43 +447,40 @@ class CameraSupervisor:
         path = str(self.root / self.camera.id / rel)
         run.opened[os.path.basename(rel)] = path
         self.current_file = path
+        self._fp.path = path
         parsed = parse_segment_path(self.root, path)
         if parsed is not None and (self._newest_name is None or parsed[1] > self._newest_name):
             self._newest_name = parsed[1]
-        try:
-            self._ensure_days(time.time())
-        except OSError as exc:  # FFmpeg will fail to open tomorrow's file and be restarted
-            self.log.error("storage_error", path=str(self.root / self.camera.id), error=str(exc))
+        if any(day not in self._days_ready for day in day_names(time.time())):
+            self._spawn_task(self._ensure_days_soon(time.time()))
 
-    def _segment_closed(self, run: _Run, entry: ffmpeg.ListEntry, now: float) -> None:
+    def _segment_closed(self, run: _Run, entry: ffmpeg.ListEntry, mono_now: float) -> None:
         path = run.opened.pop(entry.name, None)
-        if path is None:  # FFmpeg closed a file it never announced: find it by name in today's dirs
-            path = self._guess_path(entry.name, now)
-        if run.anchor is None:
-            run.anchor = now - entry.end
-        else:
-            self._check_drift(run, entry, now)
-        # each segment starts exactly where the previous one of this run ended: FFmpeg's own start
-        # can sit a frame off the previous end (a packet's duration overhanging the cut)
-        start_stream = entry.start if run.last_end is None else run.last_end
-        start = run.anchor + start_stream
-        end = max(start, run.anchor + entry.end)
+        offset = self.clock.offset()  # a step is noticed (and told) before this segment is stamped
+        if path is None:  # FFmpeg closed a file it never announced: find it by name
+            path = find_segment(self.root, self.camera.id, entry.name, mono_now + offset)
+        growth = None
+        if self._fp.seen_path == path and self._fp.grew_wall is not None:
+            growth = self._fp.grew_wall - offset
+        stamp = run.timeline.close(entry.start, entry.end, mono_now=mono_now, offset=offset, last_growth=growth)
+        if stamp.by_arrival or stamp.recovered:
+            self._drift(run, stamp)
         try:
             size = os.stat(path).st_size
         except OSError:
             size = 0
-        event = SegmentEvent(camera_id=self.camera.id, path=path, start=start, end=end, size_bytes=size,
-                             run_id=run.run_id, seq=run.seq, source="ffmpeg", closed_at=now)
-        run.seq += 1
-        run.segments += 1
-        run.last_end = entry.end
-        self._segment_done(event)
-        if self.state != "recording":
+        self._emit(run, path, stamp.start, stamp.end, size, "ffmpeg", mono_now + offset)
+        if self.state != "recording" and self._held is None:
             self._became_recording()
         if self.current_file == path:
             self.current_file = None
 
-    def _segment_done(self, event: SegmentEvent) -> None:
+    def _emit(self, run: _Run, path: str, start: float, end: float, size: int, source: str,
+              closed_at: float) -> None:
+        event = SegmentEvent(camera_id=self.camera.id, path=path, start=start, end=end, size_bytes=size,
+                             run_id=run.run_id, seq=run.seq, source=source, closed_at=closed_at)
+        run.seq += 1
+        run.segments += 1
         self.segments_total += 1
         self.last_segment_end = event.end
         metrics.SEGMENTS.labels(self.camera.id).inc()
@@ -410,27 +491,29 @@ class CameraSupervisor:
         except Exception as exc:  # the index must never stop recording
             self.log.error("segment_sink_failed", error=repr(exc), path=event.path)
 
+    def _drift(self, run: _Run, stamp: Stamp) -> None:
+        """Stream time parted from wall time: say so once an episode; restart if it is the camera."""
+        if stamp.episode_started:
+            metrics.CAMERA_RESYNCS.labels(self.camera.id, "timestamps_drift").inc()
+            self.log.warning("timestamps_drift", lag_seconds=round(stamp.lag, 3), run_id=run.run_id,
+                             action="segments stamped by arrival time until the stream runs true; no gap")
+        elif stamp.recovered:
+            self.log.info("timestamps_recovered", run_id=run.run_id, action="run re-anchored")
+        if (stamp.by_arrival and stamp.episode_seconds >= PERSISTENT and not self.wallclock_timestamps
+                and run.stop_why is None):
+            self.wallclock_timestamps = True
+            metrics.CAMERA_RESYNCS.labels(self.camera.id, "arrival_timestamps").inc()
+            self.log.warning("camera_resync", reason="timestamps_drift",
+                             seconds=round(stamp.episode_seconds, 1), run_id=run.run_id,
+                             action="restarting FFmpeg with arrival-time timestamps so files play at "
+                                    "the speed they were recorded at")
+            self._stop_run(run, 3.0, "resync")
+
     def _became_recording(self) -> None:
         if self._offline_logged:
             self.log.info("camera_online", url=self.camera.masked_url)
         self._offline_logged = False
         self._set_state("recording")
-
-    def _check_drift(self, run: _Run, entry: ffmpeg.ListEntry, now: float) -> None:
-        """Camera clocks drift from ours; we keep exact tiling and say so when it gets large."""
-        assert run.anchor is not None
-        drift = (run.anchor + entry.end) - now
-        if abs(drift) > 2.0 and not self._drift_warned:
-            self._drift_warned = True
-            self.log.warning("clock_drift", drift_seconds=round(drift, 3), run_id=run.run_id)
-
-    def _guess_path(self, name: str, now: float) -> str:
-        for epoch in (now, now - 86400):
-            day = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d")
-            candidate = self.root / self.camera.id / day / name
-            if candidate.exists():
-                return str(candidate)
-        return str(self.root / self.camera.id / name)
 
     async def _finish_open_segments(self, run: _Run) -> None:
         """A file FFmpeg never closed (killed, crashed) is still footage: index what it holds."""
@@ -440,79 +523,77 @@ class CameraSupervisor:
                 st = os.stat(path)
             except OSError:
                 continue
-            if st.st_size == 0:  # header never written (e.g. refused codec): nothing to keep
+            if st.st_size == 0 or await asyncio.to_thread(mp4.is_header_only, path):
+                # killed before its first fragment: no footage, only a file that would never go
                 with contextlib.suppress(OSError):
                     os.unlink(path)
+                if st.st_size:
+                    metrics.HEADER_ONLY_REMOVED.inc()
+                    self.log.info("segment_header_only_removed", path=path, size=st.st_size)
                 continue
             duration = await self.probe(path) if self.probe else None
             if not duration:
                 self.log.warning("segment_unreadable", path=path, size=st.st_size)
                 continue
-            if run.anchor is not None and run.last_end is not None:
-                start = run.anchor + run.last_end  # tiles onto the previous segment of this run
+            offset = self.clock.offset()
+            start_m = run.timeline.cut_start()
+            if start_m is not None:
+                start = start_m + offset  # tiles onto the previous segment of this run
+                end = max(start, st.st_mtime) if run.timeline.drifting else start + duration
             else:
-                start = st.st_mtime - duration  # the last fragment hit the disk as its end arrived
-            event = SegmentEvent(camera_id=self.camera.id, path=path, start=start, end=start + duration,
-                                 size_bytes=st.st_size, run_id=run.run_id, seq=run.seq, source="recovered",
-                                 closed_at=time.time())
-            run.seq += 1
-            run.segments += 1
+                start, end = st.st_mtime - duration, st.st_mtime  # last fragment hit the disk at its end
             self.log.info("segment_recovered", path=path, duration=round(duration, 3))
-            self._segment_done(event)
+            self._emit(run, path, start, end, st.st_size, "recovered", time.time())
 
-    # ------------------------------------------------------------------ stall detection
+    # ------------------------------------------------------------------ ticks and clock steps
 
-    async def _watch_stall(self, run: _Run, proc: asyncio.subprocess.Process) -> None:
-        """Output that stops growing means a frozen camera or FFmpeg: kill it and start again."""
-        stall = self.camera.stall_seconds
-        step = max(0.5, min(5.0, stall / 4))
-        while proc.returncode is None:
-            # poll fast until bytes flow, so "recording" shows within a second of the first fragment
-            await asyncio.sleep(step if run.progress_key and run.progress_key[1] > 0 else min(step, 1.0))
-            key = None
-            cur = self.current_file
-            if cur is not None:
-                try:
-                    key = (cur, os.stat(cur).st_size)
-                except OSError:
-                    key = None
-            now = time.monotonic()
-            if not run.clock_stepped and time.time() - now < run.clock_offset - 1.0:
-                # names come from the wall clock: restart so the new run takes unique names
-                run.clock_stepped = True
-                self.log.warning("clock_stepped_back", seconds=round(run.clock_offset - (time.time() - now), 3))
-                await stop_process(proc, 3.0, 2.0, why="clock_step", log=self.log)
-                return
-            if key is not None and key != run.progress_key:
-                run.progress_key = key
-                run.progress_at = now
-                if self.state != "recording" and key[1] > 0:  # starting, or retrying while offline
-                    self._became_recording()
-                continue
-            limit = stall + (STARTUP_GRACE if run.progress_key is None else 0.0)
-            if now - run.progress_at >= limit and not run.stall_killed:
-                run.stall_killed = True
-                self._set_state("stalled")
-                self.log.warning("camera_stalled", seconds=round(now - run.progress_at, 1),
-                                 current_file=cur)
-                await stop_process(proc, 0.0, 2.0, why="stall", log=self.log)
-                return
+    def _on_tick(self, now: float) -> None:
+        """Every poller tick: bytes flowing means recording; output not growing means stalled."""
+        run = self._run
+        if run is None or run.proc is None or run.proc.returncode is not None or run.stop_why:
+            return
+        fp = self._fp
+        if fp.wrote_bytes and self.state != "recording" and self._held is None:
+            self._became_recording()  # starting, or retrying while offline
+        limit = self.camera.stall_seconds + (0.0 if fp.wrote_bytes else STARTUP_GRACE)
+        if now - fp.grew_mono >= limit:
+            self._set_state("stalled")
+            self.log.warning("camera_stalled", seconds=round(now - fp.grew_mono, 1),
+                             current_file=self.current_file)
+            self._stop_run(run, 0.0, "stall")
+
+    def _on_clock_step(self, step: Step) -> None:
+        run = self._run
+        if step.delta < 0:
+            # names come from the wall clock: this run would reopen names it already wrote
+            if run is not None:
+                self._stop_run(run, 3.0, "clock_step")
+            return
+        # forward: keep recording; FFmpeg needs the new day's directory at its next cut
+        self._days_ready.clear()
+        self._spawn_task(self._ensure_days_soon(step.wall_after))
 
     # ------------------------------------------------------------------ helpers
 
-    async def _kill_now(self) -> None:
-        run = self._run
-        if run and run.proc and run.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                run.proc.kill()
+    def _spawn_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
-    def kill_now(self) -> None:
-        """Second signal: no more waiting."""
-        self._stopping.set()
-        run = self._run
-        if run and run.proc and run.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                run.proc.kill()
+    async def _ensure_days_soon(self, now: float) -> None:
+        try:
+            await asyncio.to_thread(self._ensure_days, now)
+        except OSError as exc:  # FFmpeg will fail to open the next file and be restarted
+            self.log.error("storage_error", path=str(self.root / self.camera.id), error=str(exc))
+
+    def _ensure_days(self, now: float, force: bool = False) -> None:
+        """FFmpeg's strftime names need the day directory to exist: make today's and tomorrow's."""
+        names = day_names(now)
+        for day in names:
+            if force or day not in self._days_ready:
+                (self.root / self.camera.id / day).mkdir(parents=True, exist_ok=True)
+        self._days_ready = set(names)
 
     async def _sleep(self, seconds: float) -> None:
         if seconds <= 0:
@@ -520,38 +601,18 @@ class CameraSupervisor:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
+    async def _wait_released(self) -> None:
+        stop = asyncio.ensure_future(self._stopping.wait())
+        rel = asyncio.ensure_future(self._released.wait())
+        try:
+            await asyncio.wait([stop, rel], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            rel.cancel()
+
     def _set_state(self, state: str) -> None:
         if state != self.state:
             self.log.debug("camera_state", state=state, previous=self.state)
             self.state = state
             self.state_since = time.time()
         metrics.set_camera_state(self.camera.id, state)
-
-    def _scan_newest_name(self) -> float | None:
-        """Newest segment name time on disk for this camera (after a daemon restart: once)."""
-        cam_dir = self.root / self.camera.id
-        try:
-            days = sorted((d for d in os.listdir(cam_dir) if len(d) == 10), reverse=True)
-        except OSError:
-            return None
-        for day in days:
-            try:
-                names = [n for n in os.listdir(cam_dir / day) if FILE_RE.match(n)]
-            except OSError:
-                continue
-            times = [p[1] for n in names if (p := parse_segment_path(self.root, cam_dir / day / n))]
-            if times:
-                return max(times)
-        return None
-
-    def _ensure_days(self, now: float, force: bool = False) -> None:
-        """FFmpeg's strftime names need the day directory to exist: make today's and tomorrow's."""
-        for epoch in (now, now + 86400):
-            day = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d")
-            if force or day not in self._days_ready:
-                (self.root / self.camera.id / day).mkdir(parents=True, exist_ok=True)
-                self._days_ready.add(day)
-        if len(self._days_ready) > 8:
-            keep = {(datetime.fromtimestamp(now, UTC) + timedelta(days=d)).strftime("%Y-%m-%d")
-                    for d in (0, 1)}
-            self._days_ready &= keep

@@ -60,7 +60,8 @@ class TestCam:
 
     def __init__(self, *, port: int | None = None, fps: int = 10, gop: int = 10, audio: str = "none",
                  user: str | None = None, password: str | None = None, path: str = "/stream",
-                 width: int = 320, height: int = 240, bitrate: int = 256, pattern: str = "ball") -> None:
+                 width: int = 320, height: int = 240, bitrate: int = 256, pattern: str = "ball",
+                 ts_scale: float = 1.0) -> None:
         if audio not in ("none", "aac", "alaw"):
             raise ValueError(f"audio must be none, aac or alaw, got {audio!r}")
         self._fixed_port = port is not None
@@ -69,6 +70,7 @@ class TestCam:
         self.user, self.password = user, password
         self.path = path if path.startswith("/") else "/" + path
         self.width, self.height, self.bitrate, self.pattern = width, height, bitrate, pattern
+        self.ts_scale = ts_scale  # stream time runs at this multiple of wall time
         self.proc: subprocess.Popen[bytes] | None = None
         self.hung = False
         self.start_seconds = 0.0
@@ -106,6 +108,8 @@ class TestCam:
                 "--bitrate", str(self.bitrate), "--pattern", self.pattern]
         if self.user:
             argv += ["--user", self.user, "--password", self.password or ""]
+        if self.ts_scale != 1.0:
+            argv += ["--ts-scale", str(self.ts_scale)]
         return argv
 
     def _stderr_text(self) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -49,8 +50,22 @@ def value(metrics: dict[str, list[tuple[dict[str, str], float]]], name: str, **l
 def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(tmp_path / "notify.sock"))
-    sock.setblocking(False)
+    sock.settimeout(0.1)
+    msgs = _received.setdefault(sock.fileno(), [])
+    done = threading.Event()
+
+    def drain() -> None:  # like systemd, read as they come: the queue holds only 10 datagrams here
+        while not done.is_set():
+            try:
+                msgs.append(sock.recv(4096).decode())
+            except (TimeoutError, OSError):
+                continue
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
     yield sock
+    done.set()
+    reader.join(2)
     _received.pop(sock.fileno(), None)
     sock.close()
 
@@ -59,13 +74,8 @@ _received: dict[int, list[str]] = {}
 
 
 def notifications(sock: socket.socket) -> list[str]:
-    """Every message received on ``sock`` so far (reading does not lose earlier ones)."""
-    msgs = _received.setdefault(sock.fileno(), [])
-    while True:
-        try:
-            msgs.append(sock.recv(4096).decode())
-        except BlockingIOError:
-            return msgs
+    """Every message received on ``sock`` so far (a reader thread collects them as they arrive)."""
+    return list(_received.get(sock.fileno(), []))
 
 
 async def test_live_reload_camera_by_camera(shared_cam, pg_dsn, tmp_path, notify_socket) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,203 @@
+"""Camera faults against a real FFmpeg and real RTSP cameras: drifting and frozen timestamps, a camera
+that resets every connection, a live stall_seconds change, a run killed before its first fragment."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixtures_cam import free_port
+from util import camera_doc, ffprobe_duration, make_config, wait_until
+
+from recorderd import metrics
+from recorderd.config import Camera
+from recorderd.events import SegmentEvent
+from recorderd.probe import probe_duration
+from recorderd.supervisor import CameraSupervisor
+
+pytestmark = pytest.mark.integration
+
+
+class Rig:
+    def __init__(self, root: Path, url: str, **cam: Any) -> None:
+        self.events: list[SegmentEvent] = []
+        self.closed_at: list[float] = []  # real wall time each event reached the sink
+        config = make_config(root, [camera_doc("cam-1", url, **cam)])
+        self.camera: Camera = config.cameras[0]
+        self.sup = CameraSupervisor(self.camera, root, self._sink, probe=probe_duration)
+        self.task: asyncio.Task[None] | None = None
+
+    def _sink(self, ev: SegmentEvent) -> None:
+        self.events.append(ev)
+        self.closed_at.append(time.time())
+
+    def start(self) -> Rig:
+        self.task = asyncio.create_task(self.sup.run())
+        return self
+
+    async def stop(self) -> None:
+        await self.sup.stop()
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 15)
+
+
+@pytest.fixture
+async def rigs(tmp_path: Path) -> AsyncIterator[Callable[..., Rig]]:
+    made: list[Rig] = []
+
+    def make(url: str, **cam: Any) -> Rig:
+        rig = Rig(tmp_path / "rec", url, **cam)
+        made.append(rig)
+        return rig.start()
+
+    yield make
+    for rig in made:
+        if rig.task and not rig.task.done():
+            await rig.stop()
+
+
+async def test_drifting_camera_is_resynced_and_indexed_without_a_gap(testcam_factory, rigs) -> None:  # type: ignore[no-untyped-def]
+    """Stream time at 0.7 x wall time (a camera sending fewer frames than it declares)."""
+    cam = testcam_factory(ts_scale=0.7)
+    rig = rigs(cam.url)
+    await wait_until(lambda: rig.sup.wallclock_timestamps, 40, what="a re-sync to arrival timestamps")
+    n_before = len(rig.events)
+    await wait_until(lambda: len(rig.events) >= n_before + 5, 30, what="5 segments after the re-sync")
+    evs = rig.events
+    # never a gap where footage exists: consecutive segments of a run tile; between runs, the restart
+    for a, b in zip(evs, evs[1:], strict=False):
+        if a.run_id == b.run_id:
+            assert b.start == a.end
+        else:
+            assert 0 <= b.start - a.end < 5.0
+    # after the re-sync stream time is arrival time: index ends sit where the segments really closed
+    for ev, seen in list(zip(evs, rig.closed_at, strict=True))[n_before + 1:]:
+        assert abs(ev.end - seen) < 1.0, (ev, seen)
+    # and the files play at the speed they were recorded at
+    last = evs[-2]
+    assert ffprobe_duration(last.path) == pytest.approx(last.end - last.start, abs=0.6)
+    assert metrics.CAMERA_RESYNCS.labels("cam-1", "timestamps_drift")._value.get() >= 1
+
+
+async def test_late_first_close_of_a_frozen_camera_is_stamped_when_it_froze(testcam_factory, rigs) -> None:  # type: ignore[no-untyped-def]
+    """FFmpeg prints the list line only when -timeout ends it: the segment must not move that late."""
+    cam = testcam_factory()
+    rig = rigs(cam.url, segment_seconds=30, timeout_seconds=5, stall_seconds=20)
+    await wait_until(lambda: rig.sup.state == "recording", 20, what="recording")
+    await asyncio.sleep(4.0)
+    cam.hang()
+    froze = time.time()
+    try:
+        await wait_until(lambda: rig.events, 25, what="the segment closed by FFmpeg's timeout")
+    finally:
+        cam.resume()
+    ev = rig.events[0]
+    assert rig.closed_at[0] - froze > 4.0  # the line really came late
+    assert abs(ev.end - froze) < 1.5, (ev.end - froze)  # ... and the segment is where the data is
+    assert ev.end - ev.start == pytest.approx(ffprobe_duration(ev.path), abs=0.5)
+
+
+async def test_live_stall_seconds_change_applies_to_the_running_ffmpeg(testcam_factory, rigs) -> None:  # type: ignore[no-untyped-def]
+    cam = testcam_factory()
+    rig = rigs(cam.url, stall_seconds=60, timeout_seconds=120)
+    await wait_until(lambda: rig.sup.state == "recording", 20, what="recording")
+    pid = rig.sup.pid
+    rig.sup.update(rig.camera.__class__(**{**_fields(rig.camera), "stall_seconds": 3}))
+    cam.hang()
+    t0 = time.monotonic()
+    try:
+        await wait_until(lambda: rig.sup.state == "stalled", 15, what="stalled")
+    finally:
+        cam.resume()
+    assert time.monotonic() - t0 < 6.0  # 3 s and a tick or two, not 60
+    assert pid is not None
+
+
+def _fields(cam: Camera) -> dict[str, Any]:
+    return {f: getattr(cam, f) for f in cam.__dataclass_fields__}
+
+
+@pytest.fixture
+def resetting_port() -> Iterator[tuple[int, list[float]]]:
+    """A 'camera' that accepts TCP and closes at once, counting connections (RTSP ones and probes)."""
+    port = free_port()
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(64)
+    srv.settimeout(0.2)
+    seen: list[float] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            seen.append(time.monotonic())
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            conn.close()  # RST
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    yield port, seen
+    stop.set()
+    th.join(2)
+    srv.close()
+
+
+async def test_a_port_that_accepts_then_resets_does_not_skip_backoff(resetting_port, rigs) -> None:  # type: ignore[no-untyped-def]
+    port, _seen = resetting_port
+    rig = rigs(f"rtsp://127.0.0.1:{port}/stream")
+    await asyncio.sleep(14)
+    # backoff 1, 2, 4, 8 s (+-20 %): about 4 FFmpegs in 14 s; skipping it would be one a second
+    assert 2 <= rig.sup.restarts <= 5, rig.sup.restarts
+
+
+async def test_a_run_killed_before_its_first_fragment_leaves_no_file(testcam_factory, rigs) -> None:  # type: ignore[no-untyped-def]
+    cam = testcam_factory(fps=10, gop=200)  # first fragment only after 20 s
+    before = metrics.HEADER_ONLY_REMOVED._value.get()
+    rig = rigs(cam.url, stall_seconds=60)
+    await wait_until(lambda: rig.sup.current_file and os.path.exists(rig.sup.current_file), 20,
+                     what="the first file opened")
+    path = rig.sup.current_file
+    assert path is not None
+    await asyncio.sleep(1.0)
+    assert 0 < os.path.getsize(path) < 4096  # the header is written, no fragment yet
+    pid = rig.sup.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    await wait_until(lambda: not os.path.exists(path), 10, what="the header-only file removed")
+    assert metrics.HEADER_ONLY_REMOVED._value.get() == before + 1
+    assert not rig.events  # nothing indexed for it
+
+
+async def test_camera_password_is_not_on_ffmpegs_command_line(testcam_factory, rigs) -> None:  # type: ignore[no-untyped-def]
+    """Any local user reads a process's argv (ps, systemctl status): the URL reaches FFmpeg by a pipe."""
+    cam = testcam_factory(user="viewer", password="Pa55-w0rd-in-argv")
+    rig = rigs(cam.url)
+    await wait_until(lambda: len(rig.events) >= 1, 30, what="a segment from the password camera")
+    pid = rig.sup.pid
+    assert pid is not None
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    assert "ffmpeg" in cmdline and "-f concat" in cmdline
+    assert "Pa55-w0rd-in-argv" not in cmdline and "viewer" not in cmdline
+    environ = Path(f"/proc/{pid}/environ").read_bytes()
+    assert b"Pa55-w0rd-in-argv" not in environ
+
+
+async def test_wrong_password_through_the_pipe_is_still_rejected_not_offline(testcam_factory, rigs) -> None:  # type: ignore[no-untyped-def]
+    cam = testcam_factory(user="viewer", password="right")
+    rig = rigs(cam.url.replace(":right@", ":wrong@"))
+    await wait_until(lambda: rig.sup.restarts >= 1, 20, what="the first failed run")
+    assert rig.sup.state == "backoff"
+    assert metrics.FFMPEG_RESTARTS.labels("cam-1", "rejected")._value.get() >= 1
