@@ -555,7 +555,8 @@ class Indexer:
                 raise
             # a lower-ranked duplicate is harmless: the upsert keeps the better row
         # header-only files are never probed; deleted only if the index surely has no row for them
-        todo = await self.reconciler.remove_header_only(todo, remove=checked)
+        # ... and never while the storage volume is in doubt: nothing is deleted on the wrong disk
+        todo = await self.reconciler.remove_header_only(todo, remove=checked and self._storage_ok_now())
         results = await asyncio.gather(*(self._probe(f.path) for f in todo))
         now = time.time()
         events: list[SegmentEvent] = []

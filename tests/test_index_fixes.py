@@ -112,6 +112,24 @@ async def test_rows_refused_one_by_one_are_not_remembered_as_known(
 # --------------------------------------------------------------------------- header-only files
 
 
+async def test_header_only_orphans_stay_while_the_storage_volume_is_in_doubt(
+        tmp_path: Path, pg_dsn: str, header_mp4: Path) -> None:
+    ok = [False]
+    cfg = config_for(tmp_path, pg_dsn, cams=("cam-001",))
+    ix = Indexer(cfg, watch=False, probe=Probe(), storage_ok=lambda: ok[0])
+    await ix.database.connect()
+    killed = place(header_mp4, cfg.storage.root, "cam-001", T0, mtime=time.time() - 3600)
+    try:
+        await ix.reconciler.run()
+        kept = os.path.exists(killed)
+        ok[0] = True
+        await ix.reconciler.run()
+    finally:
+        await ix.close(2)
+        await ix.database.close()
+    assert kept and not os.path.exists(killed)
+
+
 async def test_reconcile_removes_settled_header_only_orphans_without_probing(
         tmp_path: Path, pg_dsn: str, sample_mp4: Path, header_mp4: Path) -> None:
     busy: set[str] = set()
