@@ -21,8 +21,9 @@ FRAG_OPTIONS = "movflags=+frag_keyframe+empty_moov+default_base_moof:flush_packe
 
 
 INPUT_FD = "{input_fd}"  # replaced by the fd number of the pipe carrying the input script
-# what the one-entry concat script may open: the camera's own protocols, never other files
-_INPUT_PROTOCOLS = "pipe,rtsp,rtsps,rtp,srtp,udp,tcp,tls,http,https,httpproxy,crypto,rtmp,rtmps"
+# what the one-entry concat script may open: the script itself (file, a /dev/fd path) and the
+# camera's own protocols; config only admits rtsp/rtsps/http/https/rtmp camera URLs
+_INPUT_PROTOCOLS = "file,rtsp,rtsps,rtp,srtp,udp,tcp,tls,http,https,httpproxy,crypto,rtmp,rtmps"
 
 
 def input_options(camera: Camera) -> list[tuple[str, str]]:
@@ -63,8 +64,9 @@ def build_command(camera: Camera, *, audio_mode: str | None = None, ffmpeg: str 
     if wallclock:
         argv += ["-use_wallclock_as_timestamps", "1"]
     if via_pipe:
+        # /dev/fd/N, not pipe:N: FFmpeg ignores 'q' on stdin when any input is a pipe: URL
         argv += ["-f", "concat", "-safe", "0", "-protocol_whitelist", _INPUT_PROTOCOLS,
-                 "-i", f"pipe:{INPUT_FD}"]
+                 "-i", f"/dev/fd/{INPUT_FD}"]
     else:
         for key, value in input_options(camera):
             argv += [f"-{key}", value]

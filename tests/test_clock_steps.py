@@ -57,7 +57,8 @@ class Seen:
 
 @pytest.mark.skipif(not os.path.exists(FAKETIME), reason="libfaketime missing (scripts/test installs faketime)")
 async def test_forward_and_backward_steps_lose_nothing_and_times_end_up_true(  # type: ignore[no-untyped-def]
-        shared_cam, pg_dsn, tmp_path, daemons) -> None:
+        testcam_factory, pg_dsn, tmp_path, daemons) -> None:
+    shared_cam = testcam_factory()  # its own camera: a client under faketime must not touch others
     fake = tmp_path / "faketime"
     fake.write_text("-3d\n")
     root = tmp_path / "rec"
@@ -108,3 +109,4 @@ async def test_forward_and_backward_steps_lose_nothing_and_times_end_up_true(  #
     for a, b in zip(ordered, ordered[1:], strict=False):
         assert b["start"] >= a["end"] - 1e-6  # no overlap after re-stamping
     assert d.events("clock_untrusted")  # age deletion was refused while the re-stamp was pending
+    assert shared_cam.is_running, shared_cam._stderr_text()[-2000:]

@@ -189,7 +189,7 @@ async def test_camera_password_is_not_on_ffmpegs_command_line(testcam_factory, r
     pid = rig.sup.pid
     assert pid is not None
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    assert "ffmpeg" in cmdline and "-f concat" in cmdline
+    assert "ffmpeg" in cmdline and "-f concat" in cmdline and "/dev/fd/" in cmdline
     assert "Pa55-w0rd-in-argv" not in cmdline and "viewer" not in cmdline
     environ = Path(f"/proc/{pid}/environ").read_bytes()
     assert b"Pa55-w0rd-in-argv" not in environ
