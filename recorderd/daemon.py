@@ -37,6 +37,7 @@ from recorderd.volume import MARKER_REL, RootLock, RootLocked, StorageVolume
 
 log = get_logger()
 STATUS_INTERVAL = 2.0
+STORAGE_GRACE = 5.0  # seconds cameras wait at start for a verdict on a storage root without a marker
 
 
 class Daemon:
@@ -175,6 +176,15 @@ class Daemon:
         return (f"{rec}/{len(states)} cameras recording; database {'up' if self.db.up else 'DOWN'}; "
                 f"{self.indexer.pending_count} rows pending")
 
+    async def _volume_grace(self) -> None:
+        """No marker yet (a first start, or a disk that is not mounted): give the index a few seconds
+        to tell which before any FFmpeg writes there. With the marker in place this costs nothing; if
+        the database does not answer in time, recording starts anyway (unverified, nothing deleted)."""
+        deadline = time.monotonic() + STORAGE_GRACE
+        while (self.volume.state == "unverified" and time.monotonic() < deadline
+               and not self.stop_event.is_set()):
+            await asyncio.sleep(0.05)
+
     def _on_volume(self, state: str) -> None:
         """The storage volume went missing (or came back): never record onto the disk underneath."""
         for sup in self.supervisors.values():
@@ -240,12 +250,13 @@ class Daemon:
         cfg.storage.root.mkdir(parents=True, exist_ok=True)
         metrics.BUILD_INFO.info({"version": __version__})
         metrics.INDEX_PENDING_MAX.set(cfg.database.pending_max_rows)
-        for cam in cfg.cameras:  # a disabled camera gets an idle supervisor: status shows it
-            self._start_camera(cam)
         self._core(self.clock.run(), "clock")
         self._core(self.poller.run(), "progress")
         self._core(self.volume.run(), "volume")
         self._core(self.indexer.run(), "indexer")
+        await self._volume_grace()
+        for cam in cfg.cameras:  # a disabled camera gets an idle supervisor: status shows it
+            self._start_camera(cam)
         self._core(self.sweeper.run(), "sweeper")
         self._core(self._status_loop(), "status")
         self._core(self._reload_loop(), "reload")
