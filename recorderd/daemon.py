@@ -57,6 +57,7 @@ class Daemon:
         self.clock = WallClock()
         self.poller = ProgressPoller()
         self.pacer = SpawnPacer()
+        self._volume_known = asyncio.Event()  # the volume check reached a verdict (ok or missing)
         self.volume = StorageVolume(config.storage.root, self.db, on_change=self._on_volume)
         self.indexer = Indexer(config, self.db, current_files=self.current_files,
                                storage_ok=lambda: self.volume.state == "ok")
@@ -180,13 +181,14 @@ class Daemon:
         """No marker yet (a first start, or a disk that is not mounted): give the index a few seconds
         to tell which before any FFmpeg writes there. With the marker in place this costs nothing; if
         the database does not answer in time, recording starts anyway (unverified, nothing deleted)."""
-        deadline = time.monotonic() + STORAGE_GRACE
-        while (self.volume.state == "unverified" and time.monotonic() < deadline
-               and not self.stop_event.is_set()):
-            await asyncio.sleep(0.05)
+        if self.volume.state == "unverified":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._volume_known.wait(), STORAGE_GRACE)
 
     def _on_volume(self, state: str) -> None:
         """The storage volume went missing (or came back): never record onto the disk underneath."""
+        if state != "unverified":
+            self._volume_known.set()
         for sup in self.supervisors.values():
             if state == "missing":
                 sup.hold("storage_missing", self.volume.reason() or "storage volume missing")

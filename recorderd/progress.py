@@ -31,12 +31,13 @@ class FileProgress:
     seen_path: str | None = None  # the file ``size`` belongs to
     grew_mono: float = 0.0  # monotonic time a tick first saw the current size (stall clock)
     grew_wall: float | None = None  # the file's mtime at its last growth (when it really grew)
+    max_gap: float = 0.0  # longest pause between two growths seen in this run (about the GOP)
     on_tick: Callable[[float], None] | None = None
     started_mono: float = field(default_factory=time.monotonic)
 
     def reset(self, now: float) -> None:
         self.path = self.seen_path = self.grew_wall = None
-        self.size, self.grew_mono, self.started_mono = -1, now, now
+        self.size, self.grew_mono, self.started_mono, self.max_gap = -1, now, now, 0.0
 
     @property
     def wrote_bytes(self) -> bool:
@@ -80,6 +81,8 @@ class ProgressPoller:
         for key, fp in list(self._tracked.items()):
             seen = stats.get(key)
             if seen is not None and seen[0] == fp.path and (seen[0], seen[1]) != (fp.seen_path, fp.size):
+                if fp.size > 0 and fp.grew_wall is not None and seen[1] > 0:
+                    fp.max_gap = min(30.0, max(fp.max_gap, seen[2] - fp.grew_wall))
                 fp.seen_path, fp.size = seen[0], seen[1]
                 fp.grew_mono = now
                 fp.grew_wall = seen[2]

@@ -59,24 +59,30 @@ class RunTimeline:
         self._steady = 0
 
     def close(self, start_s: float, end_s: float, *, mono_now: float, offset: float,
-              last_growth: float | None = None) -> Stamp:
-        """Stamp a closed segment; ``last_growth`` is the monotonic time its file last grew, if known."""
+              last_growth: float | None = None, growth_gap: float = 0.0) -> Stamp:
+        """Stamp a closed segment.
+
+        ``last_growth`` is the monotonic time its file last grew, if known, and ``growth_gap`` the
+        longest pause between growths seen in this run (a camera writes a fragment per keyframe
+        interval): a close that comes later than both after the last growth came late (FFmpeg only
+        printed the line when its ``-timeout`` ended a frozen camera), and the data ended at the growth.
+        """
         lag = 0.0
         started = recovered = False
+        ref = mono_now
+        if last_growth is not None and mono_now - last_growth > max(self.late_close, 2 * growth_gap):
+            ref = last_growth
         if self.anchor is None:
-            ref = mono_now
-            if last_growth is not None and mono_now - last_growth > self.late_close:
-                ref = last_growth
             self.anchor = ref - end_s
         else:
-            lag = mono_now - (self.anchor + end_s)
+            lag = ref - (self.anchor + end_s)
             if not self.drifting and abs(lag) > self.drift_limit:
                 self.drifting, started, self._steady = True, True, 0
                 self.episode_since = self.last_close_mono if self.last_close_mono is not None else mono_now
         start_m = self.last_end_mono if self.last_end_mono is not None else self.anchor + start_s
         by_arrival = self.drifting
         if self.drifting:
-            end_m = max(start_m, mono_now)
+            end_m = max(start_m, ref)
             if not started and self._tracks(start_s, end_s, mono_now):
                 self._steady += 1
             elif not started:

@@ -462,7 +462,8 @@ class CameraSupervisor:
         growth = None
         if self._fp.seen_path == path and self._fp.grew_wall is not None:
             growth = self._fp.grew_wall - offset
-        stamp = run.timeline.close(entry.start, entry.end, mono_now=mono_now, offset=offset, last_growth=growth)
+        stamp = run.timeline.close(entry.start, entry.end, mono_now=mono_now, offset=offset, last_growth=growth,
+                                   growth_gap=self._fp.max_gap)
         if stamp.by_arrival or stamp.recovered:
             self._drift(run, stamp)
         try:

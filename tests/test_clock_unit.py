@@ -184,3 +184,20 @@ def test_a_persistent_drift_outlasts_the_episode_limit() -> None:
         stream += 1.4
         longest = max(longest, s.episode_seconds)
     assert t.drifting and longest >= PERSISTENT  # the supervisor restarts with arrival timestamps
+
+
+def test_a_late_close_later_in_a_run_is_not_drift() -> None:
+    """A clock boundary cut a segment before the camera froze; the next close comes at -timeout."""
+    t = RunTimeline()
+    a = t.close(0.0, 2.0, mono_now=102.0, offset=0.0, last_growth=101.9, growth_gap=1.0)
+    b = t.close(2.0, 6.0, mono_now=111.2, offset=0.0, last_growth=106.0, growth_gap=1.0)
+    assert not b.by_arrival and not t.drifting
+    assert b.start == a.end and b.end == pytest.approx(106.0)
+
+
+def test_a_long_keyframe_interval_is_not_a_late_close() -> None:
+    """A camera that writes a fragment every 4 s: 3.9 s since the last growth is normal."""
+    t = RunTimeline()
+    t.close(0.0, 8.0, mono_now=108.0, offset=0.0)
+    s = t.close(8.0, 16.0, mono_now=116.0, offset=0.0, last_growth=112.1, growth_gap=4.0)
+    assert s.end == pytest.approx(116.0) and not s.by_arrival
