@@ -459,9 +459,7 @@ class CameraSupervisor:
         offset = self.clock.offset()  # a step is noticed (and told) before this segment is stamped
         if path is None:  # FFmpeg closed a file it never announced: find it by name
             path = find_segment(self.root, self.camera.id, entry.name, mono_now + offset)
-        growth = None
-        if self._fp.seen_path == path and self._fp.grew_wall is not None:
-            growth = self._fp.grew_wall - offset
+        growth = self._last_growth(path, offset)
         stamp = run.timeline.close(entry.start, entry.end, mono_now=mono_now, offset=offset, last_growth=growth,
                                    growth_gap=self._fp.max_gap)
         if stamp.by_arrival or stamp.recovered:
@@ -475,6 +473,19 @@ class CameraSupervisor:
             self._became_recording()
         if self.current_file == path:
             self.current_file = None
+
+    def _last_growth(self, path: str, offset: float) -> float | None:
+        """Monotonic time ``path`` last grew: when a tick saw it, refined by its mtime when that agrees
+        (a clock step between the write and now would otherwise move it by the step)."""
+        fp = self._fp
+        if fp.seen_path != path or fp.size <= 0:
+            return None
+        seen = fp.grew_mono
+        if fp.grew_wall is not None:
+            by_mtime = fp.grew_wall - offset
+            if seen - self.poller.tick - 0.5 <= by_mtime <= seen + 0.05:
+                return by_mtime
+        return seen
 
     def _emit(self, run: _Run, path: str, start: float, end: float, size: int, source: str,
               closed_at: float) -> None:
