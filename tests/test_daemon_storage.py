@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import asyncpg
 import pytest
@@ -16,14 +15,6 @@ from recorderd.ratelimit import KeyedRateLimiter
 from recorderd.supervisor import _STDERR_LIMIT, forget_camera
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProc]]:
-    made: list[DaemonProc] = []
-    yield made
-    for d in made:
-        d.stop()
 
 
 async def test_unmounted_storage_holds_cameras_and_keeps_rows(shared_cam, pg_dsn, tmp_path, daemons) -> None:  # type: ignore[no-untyped-def]
