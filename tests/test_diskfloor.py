@@ -15,13 +15,13 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
+from fixtures_storage import FS_SIZE, MB
 from prometheus_client import REGISTRY
 
 from recorderd.config import Config, parse_config
@@ -32,45 +32,6 @@ from recorderd.layout import segment_path
 from recorderd.retention import DAY, Sweeper
 
 pytestmark = pytest.mark.integration
-MB = 1024 * 1024
-FS_SIZE = 64 * MB
-
-
-def _run(cmd: list[str]) -> str | None:
-    """None on success, else why not."""
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{cmd[0]}: {exc}"
-    return None if proc.returncode == 0 else f"{cmd[0]}: {proc.stderr.strip()}"
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    err = _run(["mount", "-t", "tmpfs", "-o", f"size={FS_SIZE}", "tmpfs", str(mnt)])
-    if err is not None:
-        tried = [f"tmpfs ({err})"]
-        img = tmp_path / "fs.img"
-        with open(img, "wb") as f:
-            f.truncate(FS_SIZE)
-        for cmd in (["mkfs.ext4", "-q", "-F", "-m", "0", str(img)], ["mount", "-o", "loop", str(img), str(mnt)]):
-            err = _run(cmd)
-            if err is not None:
-                pytest.skip("cannot mount a small filesystem: " + "; ".join([*tried, f"loop ext4 ({err})"]))
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
-
-
-@pytest.fixture
-async def db(pg_dsn: str) -> AsyncIterator[Database]:
-    database = Database(pg_dsn)
-    await database.connect()
-    yield database
-    await database.close()
 
 
 def make_config(root: Path, cameras: list[dict[str, Any]]) -> Config:

@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from prometheus_client import REGISTRY
 
 from recorderd.config import Config, parse_config
@@ -32,14 +30,6 @@ def sample_mp4(tmp_path_factory: pytest.TempPathFactory) -> bytes:
                     "-c:v", "libx264", "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(out)],
                    check=True, timeout=60)
     return out.read_bytes()
-
-
-@pytest.fixture
-async def db(pg_dsn: str) -> AsyncIterator[Database]:
-    database = Database(pg_dsn)
-    await database.connect()  # applies the migrations
-    yield database
-    await database.close()
 
 
 class Clock:
@@ -90,21 +80,8 @@ def make_config(root: Path, cameras: list[dict[str, Any]], **extra: Any) -> Conf
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = tmp_path / "rec"
-    r.mkdir()
-    return r
-
-
-@pytest.fixture
 def footage(root: Path, db: Database, sample_mp4: bytes) -> Footage:
     return Footage(root, db, sample_mp4)
-
-
-@pytest.fixture
-def logs() -> Iterator[list[Any]]:
-    with structlog.testing.capture_logs() as captured:
-        yield captured
 
 
 def counter(name: str, reason: str) -> float:

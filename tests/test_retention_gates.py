@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
+from fixtures_storage import MB
 from prometheus_client import REGISTRY
 
 import recorderd.diskguard as diskguard
@@ -30,8 +28,6 @@ from recorderd.retention import DAY, Sweeper
 from recorderd.volume import MARKER_REL
 
 pytestmark = pytest.mark.integration
-MB = 1024 * 1024
-FS_SIZE = 64 * MB
 NOW = datetime(2024, 6, 15, 12, 0, 0, tzinfo=UTC).timestamp()
 HUGE = 1 << 50  # a floor no disk reaches: the floor deletes whatever it may
 
@@ -87,55 +83,6 @@ def paused(reason: str) -> float | None:
 
 def events(logs: list[Any], name: str, **match: Any) -> list[Any]:
     return [e for e in logs if e["event"] == name and all(e.get(k) == v for k, v in match.items())]
-
-
-@pytest.fixture
-async def db(pg_dsn: str) -> AsyncIterator[Database]:
-    database = Database(pg_dsn)
-    await database.connect()
-    yield database
-    await database.close()
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = tmp_path / "rec"
-    r.mkdir()
-    return r
-
-
-@pytest.fixture
-def logs() -> Iterator[list[Any]]:
-    with structlog.testing.capture_logs() as captured:
-        yield captured
-
-
-def _run(cmd: list[str]) -> str | None:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{cmd[0]}: {exc}"
-    return None if proc.returncode == 0 else f"{cmd[0]}: {proc.stderr.strip()}"
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """As in test_diskfloor: a 64 MiB filesystem of its own, so "below the floor" is real."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    err = _run(["mount", "-t", "tmpfs", "-o", f"size={FS_SIZE}", "tmpfs", str(mnt)])
-    if err is not None:
-        img = tmp_path / "fs.img"
-        with open(img, "wb") as f:
-            f.truncate(FS_SIZE)
-        for cmd in (["mkfs.ext4", "-q", "-F", "-m", "0", str(img)], ["mount", "-o", "loop", str(img), str(mnt)]):
-            err2 = _run(cmd)
-            if err2 is not None:
-                pytest.skip(f"cannot mount a small filesystem: tmpfs ({err}); loop ext4 ({err2})")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
 
 
 # --------------------------------------------------------------------------- the clock gate

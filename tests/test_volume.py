@@ -9,13 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from prometheus_client import REGISTRY
 
 from recorderd.config import parse_config
@@ -119,27 +118,6 @@ def test_root_lock_is_exclusive_within_one_process_too_and_released_on_exit(tmp_
 
 # --------------------------------------------------------------------------- the marker, with the index
 
-
-
-@pytest.fixture
-async def db(pg_dsn: str) -> AsyncIterator[Database]:
-    database = Database(pg_dsn)
-    await database.connect()  # migrations
-    yield database
-    await database.close()
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = tmp_path / "rec"
-    r.mkdir()
-    return r
-
-
-@pytest.fixture
-def logs() -> Iterator[list[Any]]:
-    with structlog.testing.capture_logs() as captured:
-        yield captured
 
 
 async def index(db: Database, root: Path, cam: str, end: float, *, write: bool) -> Path:
