@@ -77,9 +77,6 @@ class WallClock:
         self.check()
         return self._offset
 
-    def now(self) -> float:
-        return self._mono() + self.offset()
-
     def check(self) -> Step | None:
         """Compare the clocks once; a step is recorded, logged, counted and told to the listeners."""
         mono = self._mono()
@@ -107,7 +104,7 @@ class WallClock:
 
     def reason(self) -> str | None:
         """Why age deletions must wait, or None; the gauge and a log line follow every change."""
-        self.check_quiet()
+        self.check()  # a step not yet seen is told (and re-stamped) before the verdict
         why: str | None = None
         wall = self._mono() + self._offset
         if wall < PLAUSIBLE_AFTER:
@@ -125,11 +122,6 @@ class WallClock:
             else:
                 log.info("clock_trusted")
         return why
-
-    def check_quiet(self) -> None:
-        """``check`` for callers that only want the side effects (listeners, metrics)."""
-        if abs((self._wall() - self._mono()) - self._offset) > self.threshold:
-            self.check()
 
     async def run(self, interval: float = CHECK_INTERVAL) -> None:
         """Check once a second so a step is noticed even while no segment closes."""

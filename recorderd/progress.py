@@ -13,7 +13,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from recorderd.logging import get_logger
 
@@ -33,11 +33,10 @@ class FileProgress:
     grew_wall: float | None = None  # the file's mtime at its last growth (when it really grew)
     max_gap: float = 0.0  # longest pause between two growths seen in this run (about the GOP)
     on_tick: Callable[[float], None] | None = None
-    started_mono: float = field(default_factory=time.monotonic)
 
     def reset(self, now: float) -> None:
         self.path = self.seen_path = self.grew_wall = None
-        self.size, self.grew_mono, self.started_mono, self.max_gap = -1, now, now, 0.0
+        self.size, self.grew_mono, self.max_gap = -1, now, 0.0
 
     @property
     def wrote_bytes(self) -> bool:
@@ -62,7 +61,6 @@ class ProgressPoller:
         self.tick = tick
         self._mono = mono
         self._tracked: dict[str, FileProgress] = {}
-        self.ticks = 0
 
     def track(self, key: str) -> FileProgress:
         fp = self._tracked.get(key)
@@ -77,7 +75,6 @@ class ProgressPoller:
         paths = {k: fp.path for k, fp in self._tracked.items() if fp.path}
         stats = await asyncio.to_thread(_stat_all, paths) if paths else {}
         now = self._mono()
-        self.ticks += 1
         for key, fp in list(self._tracked.items()):
             seen = stats.get(key)
             if seen is not None and seen[0] == fp.path and (seen[0], seen[1]) != (fp.seen_path, fp.size):
