@@ -98,6 +98,8 @@ async def test_forward_and_backward_steps_lose_nothing_and_times_end_up_true(  #
             assert abs(r["end"] - seen.first[r["path"]]) < 1.0, (r, seen.first[r["path"]])
     ordered = sorted(rows, key=lambda r: r["start"])
     for a, b in zip(ordered, ordered[1:], strict=False):
-        assert b["start"] >= a["end"] - 1e-6  # no overlap after re-stamping
+        # no overlap after re-stamping (2 us: PostgreSQL keeps microseconds, re-stamps shift by whole
+        # ones, and the next segment's start comes from the new offset: they may round 1 us apart)
+        assert b["start"] >= a["end"] - 2e-6
     assert d.events("clock_untrusted")  # age deletion was refused while the re-stamp was pending
     assert shared_cam.is_running, shared_cam._stderr_text()[-2000:]

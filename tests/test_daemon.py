@@ -89,9 +89,17 @@ async def test_daemon_sigkill_then_restart_indexes_cut_segment_once(testcam_fact
     cam = testcam_factory()
     d = start_daemon(daemons, tmp_path, [camera_doc("cam-a", cam.url, segment_seconds=60)], pg_dsn)
     await wait_until(lambda: recording(d, "cam-a"), 40, what="recording")
-    await asyncio.sleep(4)
-    cut = d.camera("cam-a")["current_file"]  # type: ignore[index]
-    assert cut
+    # the same file open for 4 s: a minute boundary inside the wait would leave a 1 s file to kill
+    first_seen: dict[str, float] = {}
+
+    def open_long_enough() -> str | None:
+        cur = (d.camera("cam-a") or {}).get("current_file")
+        if not cur:
+            return None
+        since = first_seen.setdefault(cur, time.monotonic())
+        return str(cur) if time.monotonic() - since >= 4 else None
+
+    cut = await wait_until(open_long_enough, 30, what="a file open for 4 s")
     d.signal(signal.SIGKILL)
     d.wait(10)
     await asyncio.sleep(1)
