@@ -7,8 +7,9 @@ Fixtures:
 
 * ``testcam_factory`` (function): ``testcam_factory(fps=5, audio="aac", user="u", password="p")``
   returns a started ``TestCam``; everything it made is stopped at teardown.
-* ``shared_cam`` (session): one default camera (10 fps, keyframe every 10 frames = 1/s) for tests
-  that only need "a camera that works". Do not kill or hang it; use the factory for that.
+* ``shared_cam``: one default camera (10 fps, keyframe every 10 frames = 1/s) per session, for
+  tests that only need "a camera that works"; restarted, with a warning, if it died. Do not kill or
+  hang it; use the factory for that.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -323,10 +325,31 @@ def testcam_factory() -> Iterator[Callable[..., TestCam]]:
 
 
 @pytest.fixture(scope="session")
-def shared_cam() -> Iterator[TestCam]:
+def _shared_cam_process() -> Iterator[TestCam]:
     cam = TestCam(fps=10, gop=10)
     cam.start()
     try:
         yield cam
     finally:
         cam.stop()
+
+
+def _died(cam: TestCam) -> str:
+    code = cam.proc.returncode if cam.proc is not None else None
+    return f"the shared test camera exited {code}; its stderr ends: {cam.stderr[-1500:]!r}"
+
+
+@pytest.fixture
+def shared_cam(_shared_cam_process: TestCam) -> Iterator[TestCam]:
+    """The session camera, restarted on its port if an earlier test's run killed it.
+
+    One GStreamer crash must fail the test it happened in, not every later test that shares the
+    camera; the crash is reported (a warning with the camera's stderr) rather than hidden.
+    """
+    cam = _shared_cam_process
+    if not cam.is_running:
+        warnings.warn(_died(cam) + " (restarted)", stacklevel=1)
+        cam.restart()
+    yield cam
+    if not cam.is_running:
+        warnings.warn(_died(cam) + " (during this test)", stacklevel=1)
