@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--ffmpeg", default="ffmpeg", help="FFmpeg binary (default: %(default)s)")
     r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     r.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    r.add_argument("--state-dir", type=Path, default=None,
+                   help="where the last good config is kept (default: $STATE_DIRECTORY, set by systemd)")
     with_config("migrate", "apply database migrations and exit")
     s = with_config("search", "list recorded segments of a camera overlapping a time range")
     s.add_argument("--camera", required=True, help="camera id")
@@ -82,8 +84,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         fmt = {"auto": None, "json": True, "console": False}[args.log_format]
         rlog.configure(args.log_level, json=fmt)
         from recorderd import daemon
+        from recorderd.lastgood import state_dir_from_env
 
-        return daemon.run(args.config, ffmpeg_bin=args.ffmpeg)
+        return daemon.run(args.config, ffmpeg_bin=args.ffmpeg, state_dir=args.state_dir or state_dir_from_env())
 
     rlog.configure("warning", json=False)
     cfg = _load(args.config)

@@ -23,6 +23,9 @@ from recorderd.masking import mask_text, mask_url, secrets_of
 CAMERA_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 AUDIO_MODES = ("auto", "copy", "aac", "off")
 DEFAULT_PLANS: Mapping[str, int] = {"basic": 7, "pro": 15, "premium": 30}
+# The largest drain budget accepted; systemd/recorderd.service's TimeoutStopSec leaves room for it plus
+# the daemon's backstop (tests/test_deploy_files.py ties the two).
+SHUTDOWN_MAX_SECONDS = 60
 
 
 class ConfigError(Exception):
@@ -454,7 +457,7 @@ def parse_config(data: Any, source: str = "") -> Config:
                     listen = s
 
     shutdown = _number(top.get("shutdown_seconds", 8), "shutdown_seconds", errs, integer=False, positive=True,
-                       maximum=60)
+                       maximum=SHUTDOWN_MAX_SECONDS)
 
     if errs.items:
         raise ConfigError(errs.items, source)
@@ -488,6 +491,11 @@ def parse_text(text: str, source: str = "<string>") -> Config:
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
+    return read_config_text(path)[0]
+
+
+def read_config_text(path: str | os.PathLike[str]) -> tuple[Config, str]:
+    """The config and the exact text it came from (one read: what is saved is what was validated)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -495,4 +503,4 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError([f"cannot read config file: {exc.strerror}"], str(p)) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([f"not UTF-8 text: {exc}"], str(p)) from None
-    return parse_text(text, str(p))
+    return parse_text(text, str(p)), text

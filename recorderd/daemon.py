@@ -19,12 +19,13 @@ from typing import Any
 
 from recorderd import __version__, metrics, systemd
 from recorderd.clock import RunLedger, WallClock
-from recorderd.config import Camera, Config, ConfigError, diff_cameras, load_config
+from recorderd.config import Camera, Config, ConfigError, diff_cameras, read_config_text
 from recorderd.configwatch import ConfigWatcher
 from recorderd.db import Database
 from recorderd.health import CameraHealth, HealthSnapshot, disk_floor_bytes, disk_stale_after, health_reasons
 from recorderd.httpserver import MetricsServer
 from recorderd.indexer import Indexer
+from recorderd.lastgood import Fallback, LastGood, load_or_fallback
 from recorderd.logging import get_logger, register_secrets
 from recorderd.masking import secrets_of
 from recorderd.probe import probe_duration
@@ -37,14 +38,19 @@ from recorderd.volume import MARKER_REL, RootLock, RootLocked, StorageVolume
 
 log = get_logger()
 STATUS_INTERVAL = 2.0
+# the whole stop ends within shutdown_seconds + this, whatever hangs (then FFmpegs are killed)
+SHUTDOWN_BACKSTOP_SECONDS = 1.5
 STORAGE_GRACE = 5.0  # seconds cameras wait at start for a verdict on a storage root without a marker
 
 
 class Daemon:
-    def __init__(self, config: Config, config_path: Path, *, ffmpeg_bin: str = "ffmpeg") -> None:
+    def __init__(self, config: Config, config_path: Path, *, ffmpeg_bin: str = "ffmpeg",
+                 last_good: LastGood | None = None, fallback: Fallback | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.ffmpeg_bin = ffmpeg_bin
+        self.last_good = last_good or LastGood(None)
+        self.fallback = fallback  # running the saved copy because the file on disk is invalid
         self.started_at = time.time()
         self.supervisors: dict[str, CameraSupervisor] = {}
         self.camera_tasks: dict[str, asyncio.Task[None]] = {}
@@ -66,7 +72,8 @@ class Daemon:
         self.clock.listeners.append(self.ledger.on_step)
         self.clock.restamp_pending = lambda: self.indexer.restamp_pending
         self.sweeper = Sweeper(config, self.db, self.current_files, clock_gate=self.clock.reason,
-                               storage_gate=self.volume.reason, volume_marker=MARKER_REL)
+                               storage_gate=self.volume.reason, volume_marker=MARKER_REL,
+                               index_never_reached=self.volume.index_never_reached)
         self.metrics_server: MetricsServer | None = None
 
     # ------------------------------------------------------------------ cameras
@@ -107,7 +114,7 @@ class Daemon:
         if self.stop_event.is_set():
             return False
         try:
-            new = await asyncio.to_thread(load_config, self.config_path)
+            new, text = await asyncio.to_thread(read_config_text, self.config_path)
         except Exception as exc:  # ConfigError, or anything unexpected: never worth the cameras
             errors = exc.errors if isinstance(exc, ConfigError) else [f"unexpected error: {exc!r}"]
             metrics.CONFIG_RELOADS.labels("error").inc()
@@ -142,9 +149,14 @@ class Daemon:
         self.sweeper.update_config(new)
         metrics.CONFIG_RELOADS.labels("success").inc()
         metrics.CONFIG_LAST_RELOAD_OK.set(1)
+        fallback_ended = self.fallback is not None
+        self.fallback = None
+        metrics.CONFIG_FALLBACK.set(0)
         log.info("config_reloaded", trigger=trigger, added=[c.id for c in diff.added],
                  removed=[c.id for c in diff.removed], restarted=[c.id for c in diff.restarted],
-                 updated=[c.id for c in diff.updated], unchanged=len(diff.unchanged))
+                 updated=[c.id for c in diff.updated], unchanged=len(diff.unchanged),
+                 **({"fallback_ended": True} if fallback_ended else {}))
+        await asyncio.to_thread(self.last_good.save, text)
         return True
 
     async def _reload_loop(self) -> None:
@@ -168,6 +180,9 @@ class Daemon:
             "version": __version__,
             "database_up": self.db.up,
             "pending_rows": self.indexer.pending_count,
+            "config_fallback": None if self.fallback is None else {
+                "reason": self.fallback.reason(self.config_path), "errors": list(self.fallback.errors),
+                "path": self.fallback.path, "saved_at": self.fallback.saved_at},
             "cameras": [s.snapshot() for s in self.supervisors.values()],
         }
 
@@ -210,7 +225,9 @@ class Daemon:
             disk_age_seconds=self.sweeper.disk_answer_age(),
             disk_stale_seconds=disk_stale_after(self.config.retention.disk_check_seconds),
             storage_missing=self.volume.reason(),
-            clock_untrusted=self.clock.reason())
+            clock_untrusted=self.clock.reason(),
+            config_fallback=self.fallback.reason(self.config_path) if self.fallback else None,
+            storage_read_only=bool(usage and usage[0].read_only))
         return health_reasons(snap)
 
     async def _status_loop(self) -> None:
@@ -252,6 +269,9 @@ class Daemon:
         cfg.storage.root.mkdir(parents=True, exist_ok=True)
         metrics.BUILD_INFO.info({"version": __version__})
         metrics.INDEX_PENDING_MAX.set(cfg.database.pending_max_rows)
+        metrics.CONFIG_FALLBACK.set(1 if self.fallback else 0)
+        if self.fallback:  # the operator's last edit is not in force: the same as a rejected reload
+            metrics.CONFIG_LAST_RELOAD_OK.set(0)
         self._core(self.clock.run(), "clock")
         self._core(self.poller.run(), "progress")
         self._core(self.volume.run(), "volume")
@@ -286,9 +306,9 @@ class Daemon:
                 log.critical("core_task_failed", task=task.get_name(), error=repr(failure))
         stop.cancel()
         try:  # backstop: the daemon exits within shutdown_seconds + 2 whatever hangs
-            await asyncio.wait_for(self.shutdown(), self.config.shutdown_seconds + 1.5)
+            await asyncio.wait_for(self.shutdown(), self.config.shutdown_seconds + SHUTDOWN_BACKSTOP_SECONDS)
         except TimeoutError:
-            log.error("shutdown_timeout", seconds=self.config.shutdown_seconds + 1.5)
+            log.error("shutdown_timeout", seconds=self.config.shutdown_seconds + SHUTDOWN_BACKSTOP_SECONDS)
             for sup in self.supervisors.values():
                 sup.kill_now()
             remove_status(self.config.storage.status_file)
@@ -336,8 +356,14 @@ def _keep_fixed(new: Config, old: Config) -> Config:
                    metrics=old.metrics)
 
 
-def run(config_path: Path, *, ffmpeg_bin: str = "ffmpeg") -> int:
-    config = load_config(config_path)  # ConfigError propagates: refuse to start on a bad file
+def run(config_path: Path, *, ffmpeg_bin: str = "ffmpeg", state_dir: Path | None = None) -> int:
+    last_good = LastGood(state_dir)
+    # a bad file runs the last good copy; with none, ConfigError propagates: refuse to start
+    config, fallback = load_or_fallback(config_path, last_good)
+    if fallback is not None:
+        log.critical("config_fallback", config=str(config_path), errors=list(fallback.errors),
+                     running=fallback.path, saved_at=fallback.saved_at)
+        print(f"recorderd: {fallback.reason(config_path)}", file=sys.stderr)
     register_secrets([s for c in config.cameras for s in secrets_of(c.url)])
     lock = RootLock(config.storage.root)
     try:  # two daemons on one root would truncate each other's files and sweep twice
@@ -358,7 +384,8 @@ def run(config_path: Path, *, ffmpeg_bin: str = "ffmpeg") -> int:
         runner = asyncio.run
 
     async def main() -> int:
-        return await Daemon(config, config_path, ffmpeg_bin=ffmpeg_bin).run()
+        return await Daemon(config, config_path, ffmpeg_bin=ffmpeg_bin, last_good=last_good,
+                            fallback=fallback).run()
 
     try:
         return int(runner(main()))

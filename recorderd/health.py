@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 CHECKS = ("database_down", "disk_unknown", "disk_low", "camera_not_recording", "index_backlog",
-          "storage_missing", "clock_untrusted", "health_error")
+          "storage_missing", "clock_untrusted", "config_fallback", "storage_read_only", "health_error")
 # States in which a camera is fine without producing segments.
 QUIET_STATES = frozenset({"recording", "disabled"})
 # A camera is "not recording" once it has been out of QUIET_STATES for this many segment lengths.
@@ -44,7 +44,9 @@ class HealthSnapshot:
     ``disk_age_seconds`` is how long ago the storage filesystem last answered statvfs (the sweeper
     reads it in a thread; None: the numbers are fresh); beyond ``disk_stale_seconds`` the numbers are
     not trusted and the reason is ``disk_unknown``. ``storage_missing`` / ``clock_untrusted`` carry the
-    storage and clock gates' reasons (None: fine).
+    storage and clock gates' reasons (None: fine). ``config_fallback`` says why the daemon runs its
+    last good config instead of the file on disk; ``storage_read_only`` that the filesystem is mounted
+    read-only (nothing can be recorded).
     """
 
     now: float
@@ -59,6 +61,8 @@ class HealthSnapshot:
     disk_stale_seconds: float = DISK_STALE_MIN
     storage_missing: str | None = None
     clock_untrusted: str | None = None
+    config_fallback: str | None = None
+    storage_read_only: bool = False
 
 
 def disk_stale_after(disk_check_seconds: float) -> float:
@@ -109,6 +113,10 @@ def health_reasons(snapshot: HealthSnapshot) -> list[str]:
 
     if s.clock_untrusted is not None:
         reasons.append(f"clock_untrusted: {s.clock_untrusted}")
+    if s.config_fallback is not None:
+        reasons.append(f"config_fallback: {s.config_fallback}")
+    if s.storage_read_only:
+        reasons.append("storage_read_only: the storage filesystem is mounted read-only: nothing can be recorded")
     return reasons
 
 
