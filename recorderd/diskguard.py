@@ -25,7 +25,7 @@ from recorderd.config import CAMERA_ID_RE, Config, StorageConfig
 from recorderd.health import disk_floor_bytes
 from recorderd.layout import DAY_RE, FILE_RE, STATE_DIR, parse_segment_path
 from recorderd.logging import get_logger
-from recorderd.metrics import DISK_FLOOR, DISK_FREE, DISK_TOTAL, DISK_USED_RATIO
+from recorderd.metrics import DISK_FLOOR, DISK_FREE, DISK_TOTAL, DISK_USED_RATIO, STORAGE_READ_ONLY
 
 log = get_logger()
 
@@ -42,6 +42,7 @@ class DiskUsage:
     total: int
     free: int  # f_bavail: what an unprivileged writer (FFmpeg) can still write
     used: int
+    read_only: bool = False  # mounted read-only (ext4 remounts so after I/O errors): nothing records
 
     @property
     def used_ratio(self) -> float:
@@ -53,7 +54,7 @@ class DiskUsage:
 def read_usage(path: Path) -> DiskUsage:
     st = os.statvfs(path)
     return DiskUsage(total=st.f_blocks * st.f_frsize, free=st.f_bavail * st.f_frsize,
-                     used=(st.f_blocks - st.f_bfree) * st.f_frsize)
+                     used=(st.f_blocks - st.f_bfree) * st.f_frsize, read_only=bool(st.f_flag & os.ST_RDONLY))
 
 
 def floor_and_target(storage: StorageConfig, total: int) -> tuple[int, int]:
@@ -467,6 +468,7 @@ class FloorHost(Protocol):
     def account(self, pairs: Sequence[Pair], reason: str) -> None: ...
     async def floor_from_index(self, guard: DiskGuard, check: DiskCheck) -> None: ...
     async def refresh_protected(self) -> None: ...
+    async def floor_unindexed(self) -> bool: ...
     async def forget_paths(self, paths: list[str]) -> None: ...
 
 
@@ -485,6 +487,8 @@ class DiskGuard:
         # The last statvfs that worked and when (monotonic): /metrics and /healthz read this instead of
         # calling statvfs on the event loop, where a hung mount would freeze everything.
         self.last: tuple[DiskUsage, float] | None = None
+        self._read_only = False
+        self._unindexed_logged = False
         self.answered_at = time.monotonic()  # statvfs last returned (a value or an error), or creation
 
     async def _usage(self) -> DiskUsage | None:
@@ -503,6 +507,14 @@ class DiskGuard:
         DISK_USED_RATIO.set(usage.used_ratio)
         DISK_TOTAL.set(usage.total)
         DISK_FLOOR.set(floor_and_target(self.host.config.storage, usage.total)[0])
+        if usage.read_only != self._read_only:
+            self._read_only = usage.read_only
+            STORAGE_READ_ONLY.set(1 if usage.read_only else 0)
+            if usage.read_only:
+                log.critical("storage_read_only", root=str(self.host.config.storage.root),
+                             hint="the filesystem was remounted read-only (I/O errors?): check dmesg and fsck it")
+            else:
+                log.info("storage_writable", root=str(self.host.config.storage.root))
         return usage
 
     async def check(self) -> DiskCheck:
@@ -517,7 +529,11 @@ class DiskGuard:
             self._stuck_logged = False
             return check
         if paused:
-            return check  # the files we see may be on the wrong filesystem: never delete them
+            if await self.host.floor_unindexed():
+                await self._from_files(check, unindexed=True)
+                await self._usage()
+            return check  # else the files we see may be on the wrong filesystem: never delete them
+        self._unindexed_logged = False
         await self.host.floor_from_index(self, check)
         if check.free < target:
             await self._from_files(check)
@@ -530,11 +546,25 @@ class DiskGuard:
                          reason="nothing left that may be deleted (protected, being written, or not footage)")
         return check
 
-    async def _from_files(self, check: DiskCheck) -> None:
-        """The oldest files by path time across cameras."""
+    async def _from_files(self, check: DiskCheck, *, unindexed: bool = False) -> None:
+        """The oldest files by path time across cameras.
+
+        ``unindexed``: no index database has ever been reached for this root (see
+        ``StorageVolume.index_never_reached``), so nothing can be protected and there is no marker to
+        check each batch against; the host is asked again before every batch instead."""
         host = self.host
-        await host.refresh_protected()
-        if not await asyncio.to_thread(host.protected.load):
+        protected: Container[str] = host.protected
+        marker = host.volume_marker
+        if unindexed:
+            protected, marker = frozenset(), None
+            if not self._unindexed_logged:
+                self._unindexed_logged = True
+                log.critical("retention_emergency", outcome="unindexed", free=check.free, floor=check.floor,
+                             reason="no index database reached yet: deleting the oldest files first "
+                                    "(nothing can be protected before the database is reached)")
+        else:
+            await host.refresh_protected()
+        if not unindexed and not await asyncio.to_thread(host.protected.load):
             if not self._stuck_logged:
                 self._stuck_logged = True
                 log.critical("retention_emergency", outcome="refused", free=check.free, floor=check.floor,
@@ -543,11 +573,11 @@ class DiskGuard:
         root = host.config.storage.root
         rows = iter_oldest_files(root)
         while check.free < check.target:
-            if host.deletion_paused():
+            if host.deletion_paused() and not (unindexed and await host.floor_unindexed()):
                 return
             pairs = await asyncio.to_thread(take_and_unlink, rows, root, check.target - check.free,
-                                            host.current(), host.protected, host.config.retention.batch_size,
-                                            marker=host.volume_marker)
+                                            host.current(), protected, host.config.retention.batch_size,
+                                            marker=marker)
             if any(res.detail == MARKER_MISSING for _, res in pairs):
                 return  # the volume went away under us: nothing was unlinked
             if not pairs:

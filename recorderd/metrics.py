@@ -92,6 +92,18 @@ DATABASE_TIMEOUTS = Counter("recorderd_database_timeouts_total",
 HEADER_ONLY_REMOVED = Counter("recorderd_header_only_files_removed_total",
                               "Segment files holding only an MP4 header (no media) that were removed")
 
+# --- running a box unattended (issue 9)
+CONFIG_FALLBACK = Gauge("recorderd_config_fallback",
+                        "1 while the daemon runs its last good config because the file on disk is invalid")
+RETENTION_LAST_SWEEP = Gauge("recorderd_retention_last_sweep_timestamp_seconds",
+                             "When the last retention sweep that reached the index finished (Unix time)")
+EARLY_DELETED = Counter("recorderd_retention_early_deleted_segments_total",
+                        "Segments the free-space floor deleted before their retention ended", ["camera"])
+EARLY_DELETED_BYTES = Counter("recorderd_retention_early_deleted_bytes_total",
+                              "Bytes the free-space floor deleted before their retention ended", ["camera"])
+STORAGE_READ_ONLY = Gauge("recorderd_storage_read_only",
+                          "1 while the storage filesystem is mounted read-only (nothing can be recorded)")
+
 HEALTHY = Gauge("recorderd_healthy", "1 when /healthz reports ok, 0 when degraded")
 HEALTH_DEGRADED = Gauge("recorderd_health_degraded", "1 while the named health check fails", ["check"])
 
@@ -100,6 +112,17 @@ def set_camera_state(camera: str, state: str) -> None:
     for s in CAMERA_STATES:
         CAMERA_STATE.labels(camera, s).set(1 if s == state else 0)
     CAMERA_UP.labels(camera).set(1 if state == "recording" else 0)
+
+
+_last_end: dict[str, float] = {}
+
+
+def note_segment_end(camera: str, end: float) -> None:
+    """``recorderd_last_segment_end_timestamp_seconds``: the newest end seen, from a finished segment or
+    from the index at start (so "not recording for N minutes" survives a daemon restart)."""
+    if end > _last_end.get(camera, float("-inf")):
+        _last_end[camera] = end
+        LAST_SEGMENT_END.labels(camera).set(end)
 
 
 def set_camera_segment_seconds(camera: str, seconds: float | None) -> None:
@@ -114,8 +137,11 @@ def forget_camera(camera: str) -> None:
     """A removed camera's series go away instead of freezing at their last value."""
     for s in CAMERA_STATES:
         _remove(CAMERA_STATE, camera, s)
+    _last_end.pop(camera, None)
     for g in (CAMERA_UP, LAST_SEGMENT_END, STORAGE_USED, CAMERA_SEGMENT_SECONDS, FFMPEG_OUTPUT_SUPPRESSED,
               SEGMENTS, SEGMENT_BYTES):
+        _remove(g, camera)
+    for g in (EARLY_DELETED, EARLY_DELETED_BYTES):
         _remove(g, camera)
     for metric in (FFMPEG_RESTARTS, CAMERA_RESYNCS):  # labelled (camera, reason): every reason seen
         for labels in [k for k in list(metric._metrics) if k[0] == camera]:

@@ -49,11 +49,15 @@ from recorderd.diskguard import (
 from recorderd.layout import iso
 from recorderd.logging import get_logger
 from recorderd.metrics import (
+    EARLY_DELETED,
+    EARLY_DELETED_BYTES,
     RETENTION_DELETED,
     RETENTION_DELETED_BYTES,
+    RETENTION_LAST_SWEEP,
     RETENTION_PAUSED,
     STORAGE_USED,
     SWEEP_DURATION,
+    note_segment_end,
 )
 
 log = get_logger()
@@ -257,7 +261,8 @@ class Sweeper:
 
     def __init__(self, config: Config, db: Database, current_files: Callable[[], set[str]],
                  clock: Callable[[], float] = time.time, *, clock_gate: Gate = _always_fine,
-                 storage_gate: Gate = _always_fine, volume_marker: str | None = None) -> None:
+                 storage_gate: Gate = _always_fine, volume_marker: str | None = None,
+                 index_never_reached: Callable[[], bool] | None = None) -> None:
         self._config = config
         self._db = db
         self._current_files = current_files
@@ -265,6 +270,7 @@ class Sweeper:
         self._clock_pause = PauseEpisode(CLOCK_UNTRUSTED, clock_gate, _CLOCK_SKIPS)
         self._storage_pause = PauseEpisode(STORAGE_MISSING, storage_gate, _STORAGE_SKIPS)
         self._volume_marker = volume_marker
+        self._index_never_reached = index_never_reached
         self._protected = ProtectedPaths(config.storage.root)
         self._inflight: set[int] = set()  # marked by a batch in progress: not "interrupted"
         self._announced: dict[str, str] = {}  # camera -> oldest day announced as expiring
@@ -455,6 +461,18 @@ class Sweeper:
         if count:
             RETENTION_DELETED.labels(reason).inc(count)
             RETENTION_DELETED_BYTES.labels(reason).inc(nbytes)
+        if count and reason == "disk":
+            self._count_early([row for row, res in pairs if res.outcome is Outcome.DELETED])
+
+    def _count_early(self, rows: Sequence[SegmentRow]) -> None:
+        """Floor deletions of footage its plan still promised: the disk is too small for the plans
+        (``recorderd_retention_early_deleted_*``; ``recorderd storage`` shows the days that fit)."""
+        now = self._clock()
+        for row in rows:
+            cam = self._config.camera(row.camera_id)
+            if cam is not None and row.end > now - cam.retention_days * DAY:
+                EARLY_DELETED.labels(row.camera_id).inc()
+                EARLY_DELETED_BYTES.labels(row.camera_id).inc(row.size)
 
     def _log_path(self, event: str, row: SegmentRow, res: UnlinkResult, action: str) -> None:
         if row.path in self._logged_paths or self._log_budget <= 0:
@@ -501,6 +519,7 @@ class Sweeper:
                 await self._survey(policies, now, announce=cfg.retention.enabled and not clock_paused,
                                    save=not storage_paused)
                 self._db_trouble_logged = False
+                RETENTION_LAST_SWEEP.set(time.time())
             except RetentionPaused:
                 storage_paused = True
             except DB_ERRORS as exc:
@@ -562,6 +581,8 @@ class Sweeper:
             cam = r["camera_id"]
             seen.add(cam)
             STORAGE_USED.labels(cam).set(r["used"])
+            if r["newest"] is not None and self._config.camera(cam) is not None:
+                note_segment_end(cam, r["newest"].timestamp())  # "down since" survives a restart
             protected.extend(r["protected"] or ())
             pol = policies.get(cam)
             if announce and pol is not None and r["oldest"] is not None:
@@ -621,6 +642,13 @@ class Sweeper:
                 await asyncio.to_thread(lambda: self._protected.replace(paths, save=save))
             except DB_ERRORS as exc:
                 self._db_trouble(exc)
+
+    async def floor_unindexed(self) -> bool:
+        """The floor may delete oldest-first with nothing protected: no index database was ever reached
+        for this root (the volume says so) and no protected list was ever saved under it."""
+        if self._index_never_reached is None or not self._index_never_reached():
+            return False
+        return not await asyncio.to_thread(self._protected.file.exists)
 
     async def forget_paths(self, paths: list[str]) -> None:
         """Rows of files the filesystem fallback removed; else the indexer's reconcile drops them."""

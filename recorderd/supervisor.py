@@ -110,6 +110,8 @@ class CameraSupervisor:
         self._run: _Run | None = None
         self._offline_logged = False
         self._last_exit_wall = 0.0
+        # the last FFmpeg exit that was not our own stop: "why is this camera not recording?"
+        self.last_exit: dict[str, Any] | None = None
         self._days_ready: set[str] = set()
         self._newest_name: float | None = None  # newest file name time (s) this camera has on disk
         self._storage_error_logged = False
@@ -142,6 +144,7 @@ class CameraSupervisor:
             "state_since": self.state_since,
             "segment_seconds": self.camera.segment_seconds,
             "timestamps": "arrival" if self.wallclock_timestamps else "camera",
+            "last_exit": self.last_exit,
         }
 
     async def run(self) -> None:
@@ -338,6 +341,9 @@ class CameraSupervisor:
             self.log.info("ffmpeg_stopped", rc=rc, run_seconds=round(lasted, 1), segments=run.segments)
             return
         self.restarts += 1
+        self.last_exit = {"reason": reason, "rc": rc, "at": self._last_exit_wall,
+                          "run_seconds": round(lasted, 1), "segments": run.segments,
+                          "stderr": tail[-3:]}
         metrics.FFMPEG_RESTARTS.labels(self.camera.id, reason).inc()
         if reason == "offline":
             if not self._offline_logged:
@@ -497,7 +503,7 @@ class CameraSupervisor:
         self.last_segment_end = event.end
         metrics.SEGMENTS.labels(self.camera.id).inc()
         metrics.SEGMENT_BYTES.labels(self.camera.id).inc(event.size_bytes)
-        metrics.LAST_SEGMENT_END.labels(self.camera.id).set(event.end)
+        metrics.note_segment_end(self.camera.id, event.end)
         try:
             self.sink(event)
         except Exception as exc:  # the index must never stop recording

@@ -280,6 +280,7 @@ class StorageVolume:
         self._state = VolumeState.UNVERIFIED
         self._reason: str | None = f"storage volume marker {self.marker} not checked yet"
         self._seen = False
+        self._why = ""  # the last decision's ``why``
         self.uuid: str | None = None
         self._indexed: int | None = None  # the index's last answer, kept while it cannot be asked
         self._sample: list[str] = []
@@ -298,6 +299,14 @@ class StorageVolume:
     def reason(self) -> str | None:
         """None when ``ok``; else why recording or deletion must wait (the sweeper's ``storage_gate``)."""
         return None if self._state is VolumeState.OK else self._reason
+
+    def index_never_reached(self) -> bool:
+        """Unverified only because no index database has answered yet, and no marker was ever seen: a
+        first start whose database is not up (or a disk that is not mounted, where everything under the
+        root is what this process recorded there). No clip or protected row can exist for such footage,
+        so the free-space floor may delete it oldest-first rather than let the disk fill."""
+        return (self._state is VolumeState.UNVERIFIED and not self._seen and self._indexed is None
+                and self._why == "index_unreachable")
 
     async def run(self) -> None:
         """Check now, then every ``interval``; while unverified, also as soon as the database is back."""
@@ -356,6 +365,7 @@ class StorageVolume:
     def _apply(self, d: Decision, indexed: int | None, found: MarkerRead, write_error: str = "") -> None:
         prev = self._state
         self._state = d.state
+        self._why = d.why
         if d.state is VolumeState.MISSING:
             if d.why == "marker_gone":
                 self._reason = (f"storage volume marker {self.marker} disappeared ({found.error}): is the disk "

@@ -170,6 +170,8 @@ async def test_killed_ffmpeg_is_restarted_and_cut_segment_is_readable(testcam_fa
     await wait_until(lambda: rig.sup.pid not in (None, pid) and rig.sup.state == "recording", 30,
                      what="a new FFmpeg recording")
     assert rig.sup.restarts == 1
+    last = rig.sup.snapshot()["last_exit"]
+    assert last["reason"] == "killed" and last["rc"] == -signal.SIGKILL
 
 
 async def test_unreachable_camera_is_offline_not_a_crash(rig_factory) -> None:  # type: ignore[no-untyped-def]
@@ -181,6 +183,9 @@ async def test_unreachable_camera_is_offline_not_a_crash(rig_factory) -> None:  
     await asyncio.sleep(2.5)
     assert rig.sup.state == "offline" and not rig.task.done()  # type: ignore[union-attr]
     assert rig.events == []
+    last = rig.sup.snapshot()["last_exit"]  # what `recorderd status` shows: why, and when
+    assert last["reason"] == "offline" and time.time() - 20 < last["at"] <= time.time()
+    assert last["segments"] == 0 and "pw-123" not in repr(last)
 
 
 @pytest.mark.parametrize(("audio", "codec"), [("aac", "aac"), ("alaw", "aac")])

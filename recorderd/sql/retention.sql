@@ -58,8 +58,9 @@ ORDER BY id LIMIT $3
 SELECT path FROM segments WHERE protected
 
 -- name: survey
--- one scan per sweep: storage per camera, oldest deletable footage, the protected paths
+-- one scan per sweep: storage per camera, oldest deletable footage, newest footage, the protected paths
 SELECT camera_id, sum(size_bytes)::bigint AS used,
        min(start_time) FILTER (WHERE NOT protected AND NOT deleting) AS oldest,
+       max(end_time) AS newest,
        array_agg(path) FILTER (WHERE protected) AS protected
 FROM segments GROUP BY camera_id
