@@ -12,6 +12,7 @@ from recorderd import __version__
 from recorderd.config import Config, ConfigError, load_config
 
 EXIT_BAD_CONFIG = 2
+DEFAULT_STATE_DIR = Path("/var/lib/recorderd")  # the unit's StateDirectory=
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,11 +47,30 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     sg = with_config("storage", "footage bytes per camera, tenant and plan, from the index")
     sg.add_argument("--json", action="store_true")
+    sg.add_argument("--days", type=int, default=7, metavar="N",
+                    help="full UTC days behind the bytes-per-day average (default: %(default)s)")
+    sg.add_argument("--camera", metavar="ID", help="only this camera, with its bytes per UTC day")
     return p
 
 
 def _load(path: Path) -> Config:
     return load_config(path)
+
+
+def _load_for_query(path: Path) -> Config:
+    """A query must work exactly when the daemon runs its last good config because the file is bad:
+    then it uses that copy too (read-only), after saying so."""
+    try:
+        return _load(path)
+    except ConfigError as exc:
+        from recorderd.lastgood import LastGood, state_dir_from_env
+
+        saved = LastGood(state_dir_from_env() or DEFAULT_STATE_DIR).load()
+        if saved is None:
+            raise
+        _print_config_error(exc)
+        print(f"recorderd: warning: using the last good config {saved[1].path} instead", file=sys.stderr)
+        return saved[0]
 
 
 def _print_config_error(exc: ConfigError) -> None:
@@ -89,7 +109,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return daemon.run(args.config, ffmpeg_bin=args.ffmpeg, state_dir=args.state_dir or state_dir_from_env())
 
     rlog.configure("warning", json=False)
-    cfg = _load(args.config)
+    cfg = _load(args.config) if cmd == "migrate" else _load_for_query(args.config)
     from recorderd import report
 
     out = sys.stdout
@@ -101,7 +121,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif cmd == "status":
         coro = report.cmd_status(cfg, args.json, out)
     elif cmd == "storage":
-        coro = report.cmd_storage(cfg, args.json, out)
+        coro = report.cmd_storage(cfg, args.json, out, days=args.days, camera=args.camera)
     else:  # pragma: no cover - argparse guards this
         raise AssertionError(cmd)
     return int(asyncio.run(coro))

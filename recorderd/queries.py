@@ -94,12 +94,30 @@ CAMERA_HAS_SEGMENTS = "SELECT EXISTS (SELECT 1 FROM segments WHERE camera_id = $
 # Per-camera totals for status and storage; LEFT JOIN so cameras removed from the config still show.
 CAMERA_TOTALS = """
 SELECT s.camera_id, count(*) AS segments, coalesce(sum(s.size_bytes), 0)::bigint AS bytes,
+       coalesce(sum(s.size_bytes) FILTER (WHERE s.protected), 0)::bigint AS protected_bytes,
        min(s.start_time) AS oldest, max(s.end_time) AS newest,
        c.tenant, c.plan, c.in_config
 FROM segments s LEFT JOIN cameras c ON c.id = s.camera_id
 WHERE NOT s.deleting
 GROUP BY s.camera_id, c.tenant, c.plan, c.in_config
 ORDER BY s.camera_id
+"""
+
+# Footage per camera and UTC day since $2 (a UTC midnight), for ``recorderd storage``. The LATERAL
+# subquery is one range scan of segments_camera_start per camera in $1, so the cost follows the window
+# asked for, not the camera's whole history. A segment counts (bytes and seconds) to the UTC day it
+# starts on: one that crosses midnight is not split.
+DAILY_BYTES = """
+SELECT c.id AS camera_id, d.day, d.segments, d.bytes, d.seconds
+FROM unnest($1::text[]) AS c(id)
+CROSS JOIN LATERAL (
+    SELECT (s.start_time AT TIME ZONE 'UTC')::date AS day, count(*) AS segments,
+           coalesce(sum(s.size_bytes), 0)::bigint AS bytes, coalesce(sum(s.duration_seconds), 0) AS seconds
+    FROM segments s
+    WHERE s.camera_id = c.id AND s.start_time >= $2 AND NOT s.deleting
+    GROUP BY 1
+) d
+ORDER BY 1, 2
 """
 
 CAMERAS = "SELECT id, name, tenant, plan, retention_days, max_bytes, enabled, in_config FROM cameras"

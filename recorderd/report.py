@@ -7,12 +7,17 @@ Messages name the database as host:port/db, never with its password.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import re
 import sys
+import time
 from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any, TextIO
 
 import asyncpg
@@ -20,6 +25,8 @@ import asyncpg
 from recorderd import layout, queries
 from recorderd.config import Config
 from recorderd.db import DatabaseUnavailable, connect, migrate
+from recorderd.diskguard import DiskUsage, floor_and_target, read_usage
+from recorderd.masking import mask_text, secrets_of
 from recorderd.statusfile import read_status
 
 EXIT_OK = 0
@@ -170,9 +177,11 @@ async def _camera_totals(config: Config) -> dict[str, dict[str, Any]]:
     return {r["camera_id"]: dict(r.items()) for r in rows}
 
 
-async def cmd_status(config: Config, as_json: bool, out: TextIO, err: TextIO | None = None) -> int:
+async def cmd_status(config: Config, as_json: bool, out: TextIO, err: TextIO | None = None, *,
+                     now: float | None = None) -> int:
     err = err or sys.stderr
-    live, why = read_status(config.storage.status_file)
+    now = time.time() if now is None else now
+    live, why = read_status(config.storage.status_file, now)
     running = not why
     db_error = ""
     try:
@@ -181,7 +190,11 @@ async def cmd_status(config: Config, as_json: bool, out: TextIO, err: TextIO | N
         totals, db_error = None, str(exc)
     live_cams = {c.get("camera_id"): c for c in (live or {}).get("cameras", [])} if running else {}
     ids = [c.id for c in config.cameras] + [cid for cid in live_cams if config.camera(cid) is None]
+    secrets = [s for c in config.cameras for s in secrets_of(c.url)]
     cameras: list[dict[str, Any]] = []
+    exits: dict[str, dict[str, Any]] = {}  # camera id -> its last exit as the daemon wrote it (epochs)
+    since: dict[str, float] = {}
+    unreported: set[str] = set()  # an older daemon: its status file has no last_exit at all
     for cid in ids:
         cam = config.camera(cid)
         lc = live_cams.get(cid)
@@ -192,89 +205,443 @@ async def cmd_status(config: Config, as_json: bool, out: TextIO, err: TextIO | N
         if lc is not None:
             state, recording, current, restarts = (lc.get("state"), bool(lc.get("is_recording")),
                                                    lc.get("current_file"), lc.get("restarts"))
+            le = _last_exit(lc.get("last_exit"), secrets)  # absent in a status file of an older daemon
+            if le is not None:
+                exits[cid] = le
+            elif "last_exit" not in lc:
+                unreported.add(cid)
+            if isinstance(lc.get("state_since"), int | float):
+                since[cid] = float(lc["state_since"])
         else:
             state = "not-running" if not running else ("disabled" if cam and not cam.enabled else "unknown")
-            recording, current, restarts = False, None, None
+            recording, current, restarts, le = False, None, None, None
         cameras.append({
             "camera_id": cid, "state": state, "is_recording": recording, "current_file": current,
             "last_segment_end": iso(last), "restarts": restarts,
             "disk_usage_bytes": (idx["bytes"] if idx else 0) if totals is not None else None,
             "retention_days": cam.retention_days if cam else None,
+            "last_exit": None if le is None else {**le, "at": iso(le["at"])},
         })
+    fallback = _config_fallback((live or {}).get("config_fallback"), secrets) if running else None
     daemon = {"running": running, "pid": (live or {}).get("pid") if running else None,
               "started_at": iso((live or {}).get("started_at")) if running else None,
               "database_up": (live or {}).get("database_up") if running else totals is not None,
-              "pending_rows": (live or {}).get("pending_rows") if running else None}
+              "pending_rows": (live or {}).get("pending_rows") if running else None,
+              "config_fallback": None if fallback is None else {**fallback, "saved_at": iso(fallback["saved_at"])}}
     if not running:
         err.write(f"recorderd is not running: {why}\n")
     if db_error:
         err.write(f"recorderd: warning: disk usage unknown: {db_error}\n")
     if as_json:
+        if fallback is not None:
+            err.write(f"recorderd: WARNING: LAST GOOD CONFIG IN USE: {fallback['reason']}\n")
         json.dump({"daemon": daemon, "cameras": cameras}, out, indent=2)
         out.write("\n")
-    else:
-        if running:
-            out.write(f"recorderd running, pid {daemon['pid']}, since {daemon['started_at']}; database "
-                      f"{'up' if daemon['database_up'] else 'DOWN'}; {daemon['pending_rows']} rows pending\n")
-        root = str(config.storage.root) + "/"
-        out.write(render_table(
-            ["CAMERA", "STATE", "REC", "LAST SEGMENT END (UTC)", "RESTARTS", "DISK", "RETENTION",
-             "CURRENT FILE"],
-            [[c["camera_id"], str(c["state"]), "yes" if c["is_recording"] else "no",
-              c["last_segment_end"] or "-", "-" if c["restarts"] is None else str(c["restarts"]),
-              "?" if c["disk_usage_bytes"] is None else human_bytes(c["disk_usage_bytes"]),
-              "-" if c["retention_days"] is None else f"{c['retention_days']}d",
-              (c["current_file"] or "-").removeprefix(root)] for c in cameras],
-            right={4, 5, 6}))
+        return EXIT_OK if running else EXIT_NOT_RUNNING
+    if fallback is not None:
+        out.write(f"WARNING: LAST GOOD CONFIG IN USE: {fallback['reason']}\n")
+        for e in fallback["errors"][:5]:
+            out.write(f"  {e}\n")
+        if len(fallback["errors"]) > 5:
+            out.write(f"  ... and {len(fallback['errors']) - 5} more (recorderd check-config)\n")
+    if running:
+        out.write(f"recorderd running, pid {daemon['pid']}, since {daemon['started_at']}; database "
+                  f"{'up' if daemon['database_up'] else 'DOWN'}; {daemon['pending_rows']} rows pending\n")
+    root = str(config.storage.root) + "/"
+    out.write(render_table(
+        ["CAMERA", "STATE", "REC", "LAST SEGMENT END (UTC)", "RESTARTS", "DISK", "RETENTION", "LAST EXIT",
+         "CURRENT FILE"],
+        [[c["camera_id"], str(c["state"]), "yes" if c["is_recording"] else "no",
+          c["last_segment_end"] or "-", "-" if c["restarts"] is None else str(c["restarts"]),
+          "?" if c["disk_usage_bytes"] is None else human_bytes(c["disk_usage_bytes"]),
+          "-" if c["retention_days"] is None else f"{c['retention_days']}d",
+          last_exit_text(exits.get(c["camera_id"]), now),
+          (c["current_file"] or "-").removeprefix(root)] for c in cameras],
+        right={4, 5, 6}))
+    if running:
+        _why_not_recording(out, [c for c in cameras if not c["is_recording"] and c["state"] != "disabled"],
+                           exits, since, unreported, now)
     return EXIT_OK if running else EXIT_NOT_RUNNING
 
 
-async def cmd_storage(config: Config, as_json: bool, out: TextIO, err: TextIO | None = None) -> int:
-    """Bytes and segment counts per camera, tenant and plan, from the index."""
+NOT_RECORDING_SHOWN = 20  # cameras explained under the status table; --json has every one
+STDERR_LINE_MAX = 160
+
+
+def _why_not_recording(out: TextIO, cams: list[dict[str, Any]], exits: dict[str, dict[str, Any]],
+                       since: dict[str, float], unreported: set[str], now: float) -> None:
+    """Under the table, one paragraph per camera that is not recording: its state, how long, and
+    its last FFmpeg exit with the (masked) stderr tail."""
+    if not cams:
+        return
+    out.write(f"\nnot recording: {len(cams)} camera{'s' if len(cams) != 1 else ''}\n")
+    for c in cams[:NOT_RECORDING_SHOWN]:
+        cid = c["camera_id"]
+        head = f"  {cid}: {c['state']}"
+        if cid in since:
+            head += f" for {human_age(now - since[cid])}"
+        le = exits.get(cid)
+        if le is None:
+            out.write(head + ("\n" if cid in unreported else "; no FFmpeg exit since the daemon started\n"))
+            continue
+        when = f" at {iso_short(le['at'])} ({human_age(now - le['at'])} ago)" if le["at"] is not None else ""
+        out.write(f"{head}; last exit {last_exit_text(le, None)}{when} after {human_duration(le['run_seconds'])}, "
+                  f"{le['segments']} segment{'s' if le['segments'] != 1 else ''}\n")
+        for line in le["stderr"]:
+            out.write(f"      | {_clip(line, STDERR_LINE_MAX)}\n")
+    if len(cams) > NOT_RECORDING_SHOWN:
+        out.write(f"  ... and {len(cams) - NOT_RECORDING_SHOWN} more (recorderd status --json)\n")
+
+
+def _last_exit(raw: Any, secrets: list[str]) -> dict[str, Any] | None:
+    """The daemon's ``last_exit`` of a camera, checked field by field (None for an old status file).
+    The daemon masked the stderr lines; the camera passwords of this config are masked again anyway."""
+    if not isinstance(raw, dict):
+        return None
+    at = raw.get("at")
+    rc = raw.get("rc")
+    run = raw.get("run_seconds")
+    segs = raw.get("segments")
+    tail = raw.get("stderr")
+    lines: list[Any] = tail if isinstance(tail, list) else []
+    return {"reason": str(raw.get("reason") or "unknown"),
+            "rc": rc if isinstance(rc, int) and not isinstance(rc, bool) else None,
+            "at": float(at) if isinstance(at, int | float) else None,
+            "run_seconds": float(run) if isinstance(run, int | float) else 0.0,
+            "segments": segs if isinstance(segs, int) else 0,
+            "stderr": [mask_text(str(line), secrets) for line in lines[-3:]]}
+
+
+def _config_fallback(raw: Any, secrets: list[str]) -> dict[str, Any] | None:
+    if not isinstance(raw, dict):
+        return None
+    saved = raw.get("saved_at")
+    errs = raw.get("errors")
+    errors: list[Any] = errs if isinstance(errs, list) else []
+    return {"reason": mask_text(str(raw.get("reason") or "the config file is invalid"), secrets),
+            "errors": [mask_text(str(e), secrets) for e in errors],
+            "path": str(raw.get("path") or ""),
+            "saved_at": float(saved) if isinstance(saved, int | float) else None}
+
+
+def last_exit_text(le: dict[str, Any] | None, now: float | None) -> str:
+    """``offline rc=1 5m ago`` for the status table (no age without ``now``); ``-`` when FFmpeg has not
+    exited on its own."""
+    if le is None:
+        return "-"
+    rc = f" rc={le['rc']}" if le["rc"] is not None else ""
+    return f"{le['reason']}{rc} {human_age(now - le['at'])} ago" if now is not None and le["at"] is not None \
+        else f"{le['reason']}{rc}"
+
+
+# --------------------------------------------------------------------------- storage: rates and capacity
+
+DAY_SECONDS = 86400
+STORAGE_DAYS_DEFAULT = 7  # full UTC days behind the bytes-per-day average
+STORAGE_DAYS_MAX = 366
+SHORT_SHOWN = 10  # cameras named in the "retention does not fit" warning
+
+
+@dataclass(frozen=True, slots=True)
+class DayBytes:
+    """One camera's footage that started on one UTC day."""
+
+    day: date
+    segments: int
+    bytes: int
+    seconds: float  # recorded seconds (sum of segment durations)
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """A camera's bytes per day of recording and what it rests on."""
+
+    bytes_per_day: float | None
+    basis: str | None  # "full_days", "today" (no full day with footage in the window yet) or None
+    days: int  # full days with footage that went into it
+    seconds: float  # recorded seconds behind it
+    bytes: int
+
+    @property
+    def coverage(self) -> float | None:
+        """Recorded share of the basis days (1.0 = recorded around the clock)."""
+        return self.seconds / (self.days * DAY_SECONDS) if self.basis == "full_days" and self.days else None
+
+
+def daily_rate(days: Mapping[date, DayBytes], today: date, window: int) -> Rate:
+    """Bytes per day of recording over the last ``window`` full UTC days before ``today``.
+
+    Bytes over recorded seconds, times 86400: a day the camera was added, offline for hours or
+    stopped counts for the hours it did record, so the figure is what 24 hours of recording take (a
+    camera that is often offline takes less than that). Today's partial day is left out unless there
+    is no full day with footage yet; then it is the only basis (``basis == "today"``).
+    """
+    full = [d for i in range(1, window + 1) if (d := days.get(today - timedelta(days=i))) and d.seconds > 0]
+    secs, nbytes = sum(d.seconds for d in full), sum(d.bytes for d in full)
+    if secs > 0:
+        return Rate(nbytes / secs * DAY_SECONDS, "full_days", len(full), secs, nbytes)
+    t = days.get(today)
+    if t is not None and t.seconds > 0:
+        return Rate(t.bytes / t.seconds * DAY_SECONDS, "today", 0, t.seconds, t.bytes)
+    return Rate(None, None, 0, 0.0, 0)
+
+
+def plan_days(retention_days: int, max_bytes: int | None, bytes_per_day: float) -> float:
+    """Days of footage a camera keeps when the disk has room: its retention, or less under max_bytes."""
+    if max_bytes is not None and bytes_per_day > 0:
+        return min(float(retention_days), max_bytes / bytes_per_day)
+    return float(retention_days)
+
+
+def floor_horizon(room: float, demands: Sequence[tuple[float, float]]) -> float | None:
+    """The age in days down to which the free-space floor keeps footage, or None when every plan fits.
+
+    ``demands`` is (bytes per day, plan days) per recording camera; ``room`` the bytes footage may
+    take before free space reaches the floor. The floor deletes the oldest footage first, whatever the
+    camera, so at steady state every camera keeps ``min(plan days, H)`` days where
+    ``sum(rate * min(days, H)) == room``: the cameras with the longest plans lose footage first.
+    """
+    live = [(r, d) for r, d in demands if r > 0]
+    if sum(r * d for r, d in live) <= room:
+        return None
+    left, rate = max(room, 0.0), sum(r for r, _ in live)
+    for r, d in sorted(live, key=lambda rd: rd[1]):
+        if d * rate <= left:  # this plan fits under the level the others would reach: kept whole
+            left -= r * d
+            rate -= r
+        else:
+            return left / rate
+    return None  # pragma: no cover - only by rounding
+
+
+def days_that_fit(room: float, bytes_per_day: float) -> float | None:
+    """Room for footage / bytes per day of all cameras: the days that fit if every camera kept all."""
+    return max(room, 0.0) / bytes_per_day if bytes_per_day > 0 else None
+
+
+async def cmd_storage(config: Config, as_json: bool, out: TextIO, err: TextIO | None = None, *,
+                      days: int = STORAGE_DAYS_DEFAULT, camera: str | None = None, now: float | None = None,
+                      usage: Callable[[Path], DiskUsage] = read_usage) -> int:
+    """Bytes per camera, tenant and plan from the index; bytes per UTC day over the last ``days`` full
+    days; and how many days of footage the storage filesystem holds above the free-space floor.
+
+    ``camera`` narrows the camera table to one camera and adds its per-day table (``--json`` always
+    has every day of the window); the capacity figures are always for the whole filesystem.
+    """
     err = err or sys.stderr
+    if not 1 <= days <= STORAGE_DAYS_MAX:
+        return _fail(err, f"--days must be 1..{STORAGE_DAYS_MAX}, got {days}")
+    now = time.time() if now is None else now
+    today = datetime.fromtimestamp(now, UTC).date()
+    since = datetime(today.year, today.month, today.day, tzinfo=UTC) - timedelta(days=days)
     try:
-        totals = await _camera_totals(config)
+        conn = await connect(config.database_dsn())
     except DatabaseUnavailable as exc:
         return _fail(err, str(exc))
-    ids = [c.id for c in config.cameras] + sorted(set(totals) - {c.id for c in config.cameras})
+    try:
+        totals = {r["camera_id"]: dict(r.items()) for r in await conn.fetch(queries.CAMERA_TOTALS)}
+        ids = [c.id for c in config.cameras] + sorted(set(totals) - {c.id for c in config.cameras})
+        per_day: dict[str, dict[date, DayBytes]] = defaultdict(dict)
+        for r in await conn.fetch(queries.DAILY_BYTES, ids, since):
+            per_day[r["camera_id"]][r["day"]] = DayBytes(r["day"], int(r["segments"]), int(r["bytes"]),
+                                                         float(r["seconds"]))
+    except asyncpg.UndefinedTableError:
+        return _fail(err, "the index has no schema yet: run `recorderd migrate` (or start the daemon)")
+    finally:
+        await conn.close()
+    if camera is not None and camera not in ids:
+        known = ", ".join(c.id for c in config.cameras) or "none configured"
+        return _fail(err, f"unknown camera {camera!r} (configured: {known})")
+
+    window = [today - timedelta(days=i) for i in range(days, -1, -1)]  # oldest first, today last
     cams: list[dict[str, Any]] = []
+    rates: dict[str, Rate] = {}
     for cid in ids:
-        cam, idx = config.camera(cid), totals.get(cid, {})
+        cam, idx, mine = config.camera(cid), totals.get(cid, {}), per_day[cid]
+        rate = rates[cid] = daily_rate(mine, today, days)
+        cov = rate.coverage
         cams.append({"camera_id": cid,
                      "tenant": cam.tenant if cam else idx.get("tenant"),
                      "plan": cam.plan if cam else idx.get("plan"),
-                     "in_config": cam is not None,
+                     "in_config": cam is not None, "enabled": cam.enabled if cam else False,
                      "segments": int(idx.get("segments", 0)), "bytes": int(idx.get("bytes", 0)),
-                     "oldest": iso(idx.get("oldest")), "newest": iso(idx.get("newest"))})
+                     "protected_bytes": int(idx.get("protected_bytes", 0)),
+                     "oldest": iso(idx.get("oldest")), "newest": iso(idx.get("newest")),
+                     "retention_days": cam.retention_days if cam else None,
+                     "max_bytes": cam.max_bytes if cam else None,
+                     "days": [_day_json(mine.get(d) or DayBytes(d, 0, 0, 0.0), today) for d in window],
+                     "today_bytes": mine[today].bytes if today in mine else 0,
+                     "bytes_per_day": None if rate.bytes_per_day is None else round(rate.bytes_per_day),
+                     "rate_basis": rate.basis, "rate_days": rate.days,
+                     "rate_recorded_seconds": round(rate.seconds, 3),
+                     "coverage": None if cov is None else round(cov, 4),
+                     # what the capacity sums: cameras that record (configured, enabled) and have a rate
+                     "counted": cam is not None and cam.enabled and rate.bytes_per_day is not None,
+                     "plan_days": None, "keeps_days": None, "short": False, "capped": False})
+
+    capacity = await _capacity(config, cams, rates, usage)
+    horizon: float | None = capacity.get("horizon_days")
+    short = set(capacity.get("short_cameras", ()))
+    for c in cams:
+        if c["counted"]:
+            pd = plan_days(c["retention_days"], c["max_bytes"], rates[c["camera_id"]].bytes_per_day or 0.0)
+            c["plan_days"] = round(pd, 2)
+            c["capped"] = pd < c["retention_days"]
+            c["short"] = c["camera_id"] in short
+            c["keeps_days"] = round(pd if horizon is None else min(pd, horizon), 2)
 
     def group(key: str) -> list[dict[str, Any]]:
-        acc: dict[str | None, dict[str, Any]] = defaultdict(lambda: {"segments": 0, "bytes": 0, "cameras": 0})
+        acc: dict[str | None, dict[str, Any]] = defaultdict(
+            lambda: {"segments": 0, "bytes": 0, "cameras": 0, "bytes_per_day": 0})
         for c in cams:
             g = acc[c[key]]
             g["segments"] += c["segments"]
             g["bytes"] += c["bytes"]
             g["cameras"] += 1
+            g["bytes_per_day"] += c["bytes_per_day"] if c["counted"] else 0
         return [{key: k, **v} for k, v in sorted(acc.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))]
 
     tenants, plans = group("tenant"), group("plan")
     total = {"segments": sum(c["segments"] for c in cams), "bytes": sum(c["bytes"] for c in cams)}
-    result = {"cameras": cams, "tenants": tenants, "plans": plans, "total": total}
+    shown = [c for c in cams if camera is None or c["camera_id"] == camera]
     if as_json:
+        result = {"cameras": shown, "tenants": tenants, "plans": plans, "total": total,
+                  "window": {"days": days, "from": iso(since), "today": today.isoformat(),
+                             "day_boundary": "UTC midnight; a segment counts to the day it starts on",
+                             "bytes_per_day": "bytes / recorded seconds over the full days with footage, "
+                                              "times 86400 (today's partial day only while there is no full day)"},
+                  "capacity": capacity}
         json.dump(result, out, indent=2)
         out.write("\n")
         return EXIT_OK
     out.write(render_table(
-        ["CAMERA", "TENANT", "PLAN", "SEGMENTS", "BYTES", "SIZE", "OLDEST (UTC)", "NEWEST (UTC)"],
-        [[c["camera_id"] + ("" if c["in_config"] else " (removed)"), c["tenant"] or "-", c["plan"] or "-",
-          str(c["segments"]), str(c["bytes"]), human_bytes(c["bytes"]), c["oldest"] or "-",
-          c["newest"] or "-"] for c in cams], right={3, 4, 5}))
-    for key, groups in (("tenant", tenants), ("plan", plans)):
-        out.write("\n" + render_table(
-            [key.upper(), "CAMERAS", "SEGMENTS", "BYTES", "SIZE"],
-            [[g[key] or "-", str(g["cameras"]), str(g["segments"]), str(g["bytes"]),
-              human_bytes(g["bytes"])] for g in groups], right={1, 2, 3, 4}))
-    out.write(f"\ntotal: {total['segments']} segments, {human_bytes(total['bytes'])}\n")
+        ["CAMERA", "TENANT", "PLAN", "SIZE", "OLDEST (UTC)", "TODAY", "PER DAY", "BASIS", "RETENTION", "KEEPS"],
+        [[c["camera_id"] + ("" if c["in_config"] else " (removed)")
+          + (" (disabled)" if c["in_config"] and not c["enabled"] else ""),
+          c["tenant"] or "-", c["plan"] or "-", human_bytes(c["bytes"]),
+          (c["oldest"] or "-")[:16].replace("T", " "), human_bytes(c["today_bytes"]),
+          "-" if c["bytes_per_day"] is None else human_bytes(c["bytes_per_day"]), _basis_text(rates[c["camera_id"]]),
+          "-" if c["retention_days"] is None else f"{c['retention_days']}d", _keeps_text(c)] for c in shown],
+        right={3, 5, 6, 8, 9}))
+    if camera is not None:
+        out.write(f"\n{camera} per UTC day (a segment counts to the day it starts on):\n" + render_table(
+            ["DAY (UTC)", "SEGMENTS", "BYTES", "SIZE", "RECORDED"],
+            [[d["day"] + ("" if d["full_day"] else " (today)"), str(d["segments"]), str(d["bytes"]),
+              human_bytes(d["bytes"]), f"{d['recorded_seconds'] / 3600:.1f}h"] for d in shown[0]["days"]],
+            right={1, 2, 3, 4}))
+    else:
+        for key, groups in (("tenant", tenants), ("plan", plans)):
+            out.write("\n" + render_table(
+                [key.upper(), "CAMERAS", "SEGMENTS", "SIZE", "PER DAY"],
+                [[g[key] or "-", str(g["cameras"]), str(g["segments"]), human_bytes(g["bytes"]),
+                  human_bytes(g["bytes_per_day"])] for g in groups], right={1, 2, 3, 4}))
+    out.write(f"\ntotal: {total['segments']} segments, {human_bytes(total['bytes'])}\n"
+              f"PER DAY = bytes / recorded seconds x 86400 over the last {days} full UTC days with footage;\n"
+              "BASIS = how many such days (and the share of them recorded, when below 95 %)\n")
+    _write_capacity(out, capacity, cams, days)
     return EXIT_OK
+
+
+def _day_json(d: DayBytes, today: date) -> dict[str, Any]:
+    return {"day": d.day.isoformat(), "full_day": d.day != today, "segments": d.segments, "bytes": d.bytes,
+            "recorded_seconds": round(d.seconds, 3)}
+
+
+async def _capacity(config: Config, cams: list[dict[str, Any]], rates: Mapping[str, Rate],
+                    usage: Callable[[Path], DiskUsage]) -> dict[str, Any]:
+    """The filesystem of the storage root against what the cameras record per day."""
+    st = config.storage
+    counted = [c for c in cams if c["counted"]]
+    rate_of = {c["camera_id"]: rates[c["camera_id"]].bytes_per_day or 0.0 for c in counted}
+    per_day = sum(rate_of.values())
+    cap: dict[str, Any] = {
+        "path": str(st.root), "bytes_per_day": round(per_day), "cameras_counted": len(counted),
+        "cameras_without_rate": [c["camera_id"] for c in cams
+                                 if c["in_config"] and c["enabled"] and c["bytes_per_day"] is None]}
+    try:
+        u = await asyncio.to_thread(usage, st.root)
+    except OSError as exc:
+        cap["error"] = f"cannot read the filesystem of {st.root}: {exc.strerror or exc}"
+        return cap
+    floor, target = floor_and_target(st, u.total)
+    footage = sum(c["bytes"] for c in cams)
+    protected = sum(c["protected_bytes"] for c in cams)  # clips: never deleted, so never room
+    # = total - floor - protected - (other files + blocks reserved for root)
+    room = footage - protected + u.free - floor
+    demands = {cid: (r, plan_days(c["retention_days"], c["max_bytes"], r))
+               for c in counted for cid, r in [(c["camera_id"], rate_of[c["camera_id"]])]}
+    horizon = floor_horizon(room, list(demands.values()))
+    fit = days_that_fit(room, per_day)
+    cap.update({
+        "total_bytes": u.total, "free_bytes": u.free, "used_bytes": u.used, "read_only": u.read_only,
+        "floor_bytes": floor, "target_free_bytes": target,
+        "floor_from": ("min_free_bytes" if st.min_free_bytes >= math.ceil(u.total * st.min_free_percent / 100.0)
+                       else "min_free_percent"),
+        "min_free_percent": st.min_free_percent, "min_free_bytes": st.min_free_bytes,
+        "footage_bytes": footage, "protected_bytes": protected, "other_bytes": max(u.total - u.free - footage, 0),
+        "room_bytes": max(room, 0),
+        "days_fit": None if fit is None else round(fit, 2),
+        "plans_need_bytes": round(sum(r * d for r, d in demands.values())),
+        "horizon_days": None if horizon is None else round(horizon, 2),
+        "short_cameras": [cid for cid, (_, d) in demands.items() if horizon is not None and d > horizon],
+        "error": None,
+    })
+    return cap
+
+
+def _write_capacity(out: TextIO, cap: dict[str, Any], cams: list[dict[str, Any]], days: int) -> None:
+    out.write(f"\ncapacity of {cap['path']}:\n")
+    if cap.get("error"):
+        out.write(f"  {cap['error']}\n")
+        return
+    hb = human_bytes
+    what = (f"{cap['min_free_percent']:g} % of the filesystem (storage.min_free_percent)"
+            if cap["floor_from"] == "min_free_percent" else "storage.min_free_bytes")
+    n = cap["cameras_counted"]
+    rows = [
+        ["filesystem", hb(cap["total_bytes"]), f"{hb(cap['free_bytes'])} free"
+         + (", MOUNTED READ-ONLY: nothing records" if cap["read_only"] else "")],
+        ["free-space floor", hb(cap["floor_bytes"]), what],
+        ["footage (index)", hb(cap["footage_bytes"]),
+         f"{hb(cap['protected_bytes'])} of it protected; other files, root-reserved blocks {hb(cap['other_bytes'])}"],
+        ["room for footage", hb(cap["room_bytes"]), "footage - protected + free - floor"],
+        ["recorded per day", hb(cap["bytes_per_day"]),
+         f"{n} enabled camera{'s' if n != 1 else ''}, last {days} full UTC days"],
+        ["days that fit", "-" if cap["days_fit"] is None else f"{cap['days_fit']:.1f}", "room / recorded per day"],
+        ["retention needs", hb(cap["plans_need_bytes"]), "per day x retention days (or max_bytes) per camera"],
+    ]
+    out.write("".join("  " + line for line in render_table(["", "", ""], rows, right={1}).splitlines(True)[1:]))
+    if cap["horizon_days"] is not None:
+        short = [c for c in cams if c["camera_id"] in set(cap["short_cameras"])]
+        names = ", ".join(f"{c['camera_id']} ({c['retention_days']}d)" for c in short[:SHORT_SHOWN])
+        more = f" and {len(short) - SHORT_SHOWN} more" if len(short) > SHORT_SHOWN else ""
+        out.write(f"WARNING: retention needs {hb(cap['plans_need_bytes'])}, there is room for "
+                  f"{hb(cap['room_bytes'])}: the free-space floor will delete footage older than about "
+                  f"{cap['horizon_days']:.1f} days before its retention ends on {len(short)} camera"
+                  f"{'s' if len(short) != 1 else ''}: {names}{more}\n")
+    missing = cap["cameras_without_rate"]
+    if missing:
+        out.write(f"note: not counted, no footage in the last {days} days: {', '.join(missing[:SHORT_SHOWN])}"
+                  f"{f' and {len(missing) - SHORT_SHOWN} more' if len(missing) > SHORT_SHOWN else ''}\n")
+
+
+def _basis_text(rate: Rate) -> str:
+    if rate.basis == "full_days":
+        cov = rate.coverage or 0.0
+        return f"{rate.days}d" + (f" {min(cov, 1.0):.0%}" if cov < 0.95 else "")
+    if rate.basis == "today":
+        return f"today {rate.seconds / 3600:.1f}h"
+    return "-"
+
+
+def _keeps_text(c: dict[str, Any]) -> str:
+    if c["keeps_days"] is None:
+        return "-"
+    if c["short"]:
+        return f"{c['keeps_days']:.1f}d FLOOR"
+    if c["capped"]:
+        return f"{c['keeps_days']:.1f}d CAP"
+    return f"{c['retention_days']}d"
 
 
 async def cmd_migrate(config: Config, out: TextIO, err: TextIO | None = None) -> int:
@@ -314,6 +681,31 @@ def human_bytes(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"  # pragma: no cover
+
+
+def human_age(seconds: float) -> str:
+    """A coarse age: ``42s``, ``5m``, ``3h10m``, ``2d4h``."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        h, m = divmod(s // 60, 60)
+        return f"{h}h{m:02d}m" if m else f"{h}h"
+    d, h = divmod(s // 3600, 24)
+    return f"{d}d{h}h" if h else f"{d}d"
+
+
+def iso_short(epoch: float | None) -> str:
+    """``2026-11-18T11:06:40Z``: to the second, for prose lines (``--json`` keeps microseconds)."""
+    if epoch is None:
+        return "?"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def human_duration(seconds: float) -> str:

@@ -155,3 +155,21 @@ def test_a_first_start_with_a_bad_file_and_no_copy_still_refuses(tmp_path: Path)
     d = DaemonProc(cfg_path, tmp_path / "rec", tmp_path / "d.log", env={"STATE_DIRECTORY": str(state)}).start()
     assert d.wait(30) == 2
     assert not (state / FILE_NAME).exists()
+
+
+def test_queries_use_the_saved_copy_when_the_file_is_bad(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`recorderd status` must work exactly when the daemon runs on its last good config."""
+    from recorderd import cli
+
+    cfg = tmp_path / "cameras.yaml"
+    root = tmp_path / "rec"
+    cfg.write_text(GOOD.replace("/tmp/rec", str(root)) + f"database: {{dsn: 'postgresql://127.0.0.1:{free_port()}/x'}}\n")
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))
+    load_or_fallback(cfg, LastGood(tmp_path))
+    cfg.write_text("cameras: [")
+    assert cli.main(["status", "--config", str(cfg)]) == 3  # ran: "not running", not "bad config"
+    err = capsys.readouterr().err
+    assert "YAML syntax error" in err and f"using the last good config {tmp_path / FILE_NAME}" in err
+    (tmp_path / FILE_NAME).unlink()
+    assert cli.main(["status", "--config", str(cfg)]) == 2
