@@ -21,6 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+from recorderd.atomicfile import write_atomic
 from recorderd.config import CAMERA_ID_RE, Config, StorageConfig
 from recorderd.health import disk_floor_bytes
 from recorderd.layout import DAY_RE, FILE_RE, STATE_DIR, parse_segment_path
@@ -644,9 +645,7 @@ class ProtectedPaths:
         if new != self._saved or not self.file.exists():
             try:
                 self.file.parent.mkdir(exist_ok=True)  # never the root itself: it may be unmounted
-                tmp = self.file.with_suffix(".tmp")
-                tmp.write_text("".join(p + "\n" for p in sorted(new)), encoding="utf-8")
-                os.replace(tmp, self.file)
+                write_atomic(self.file, "".join(p + "\n" for p in sorted(new)))
                 self._saved = new
                 self._logged = False
             except OSError as exc:

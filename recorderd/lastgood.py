@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from recorderd.atomicfile import write_atomic
 from recorderd.config import Config, ConfigError, parse_text, read_config_text
 from recorderd.logging import get_logger
 
@@ -70,17 +70,7 @@ class LastGood:
                 if self.path.read_text(encoding="utf-8") == text:
                     self._saved = text
                     return
-            fd, tmp = tempfile.mkstemp(prefix=".last-good-", dir=self.path.parent)  # 0600
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(text)
-                    fh.flush()
-                    os.fsync(fh.fileno())  # the point is to survive a power cut
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            write_atomic(self.path, text, mode=0o600, durable=True)  # the point is to survive a power cut
             self._saved = text
             self._error_logged = False
         except OSError as exc:

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from recorderd.atomicfile import write_atomic
 from recorderd.db import DatabaseUnavailable, is_connection_error
 from recorderd.layout import STATE_DIR, iso
 from recorderd.logging import get_logger
@@ -217,18 +218,8 @@ def write_marker(path: Path, root: Path, now: float) -> str:
     """
     path.parent.mkdir(exist_ok=True)
     vid = str(uuid.uuid4())
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"uuid": vid, "created_at": iso(now), "root": str(root)}, f)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(path, json.dumps({"uuid": vid, "created_at": iso(now), "root": str(root)}) + "\n",
+                 durable=True)
     return vid
 
 

@@ -162,6 +162,7 @@ def test_queries_use_the_saved_copy_when_the_file_is_bad(tmp_path: Path, monkeyp
     """`recorderd status` must work exactly when the daemon runs on its last good config."""
     from recorderd import cli
 
+    monkeypatch.setattr("recorderd.logging.configure", lambda *a, **k: None)  # keep other tests' logging
     cfg = tmp_path / "cameras.yaml"
     root = tmp_path / "rec"
     cfg.write_text(GOOD.replace("/tmp/rec", str(root)) + f"database: {{dsn: 'postgresql://127.0.0.1:{free_port()}/x'}}\n")
