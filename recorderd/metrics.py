@@ -89,6 +89,8 @@ STORAGE_MISSING = Gauge("recorderd_storage_missing",
                         "1 while the storage volume marker is missing and the index has footage")
 DATABASE_TIMEOUTS = Counter("recorderd_database_timeouts_total",
                             "Database operations that timed out (slow, not down): retried", ["op"])
+for _op in ("query", "write", "restamp", "cameras", "reconcile", "ping"):  # at 0: increase() sees the 1st
+    DATABASE_TIMEOUTS.labels(_op)
 HEADER_ONLY_REMOVED = Counter("recorderd_header_only_files_removed_total",
                               "Segment files holding only an MP4 header (no media) that were removed")
 
@@ -126,7 +128,10 @@ def note_segment_end(camera: str, end: float) -> None:
 
 
 def set_camera_segment_seconds(camera: str, seconds: float | None) -> None:
-    """Publish the segment length of an enabled camera; None (disabled) removes the series."""
+    """Publish the segment length of an enabled camera; None (disabled) removes the series. Also
+    creates the camera's early-deletion counters at 0, so that an alert's increase() sees the first."""
+    EARLY_DELETED.labels(camera)
+    EARLY_DELETED_BYTES.labels(camera)
     if seconds is None:
         _remove(CAMERA_SEGMENT_SECONDS, camera)
     else:

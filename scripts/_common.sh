@@ -32,7 +32,8 @@ RD_APT_PACKAGES=(
     faketime  # libfaketime: the clock-step tests move the wall clock under a running daemon
     util-linux  # setpriv --pdeathsig: FFmpeg dies with the daemon without a fork-time hook
 )
-RD_APT_OPTIONAL=(prometheus systemd shellcheck)  # promtool, systemd-analyze, shellcheck: their checks skip without them
+# promtool, amtool, systemd-analyze, shellcheck: their checks skip without them
+RD_APT_OPTIONAL=(prometheus prometheus-alertmanager systemd shellcheck)
 
 _rd_pkg_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'
