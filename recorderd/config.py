@@ -24,7 +24,7 @@ CAMERA_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 AUDIO_MODES = ("auto", "copy", "aac", "off")
 DEFAULT_PLANS: Mapping[str, int] = {"basic": 7, "pro": 15, "premium": 30}
 # The largest drain budget accepted; systemd/recorderd.service's TimeoutStopSec leaves room for it plus
-# the daemon's backstop (tests/test_deploy_files.py ties the two).
+# the daemon's backstop (tests/test_systemd.py ties the two).
 SHUTDOWN_MAX_SECONDS = 60
 
 

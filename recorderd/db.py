@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 
@@ -56,11 +56,14 @@ def describe_dsn(dsn: str | None) -> str:
     if "://" in dsn:
         try:
             parts = urlsplit(dsn)
-            host = parts.hostname or "localhost"
-            port = parts.port or 5432
+            query = dict(parse_qsl(parts.query))
+            host = parts.hostname or query.get("host") or "localhost"
+            port = parts.port or query.get("port") or 5432
         except ValueError:
             return "<unparsable DSN>"
-        db = parts.path.lstrip("/") or "(default db)"
+        db = parts.path.lstrip("/") or query.get("dbname") or "(default db)"
+        if host.startswith("/"):  # a unix socket directory (the peer-auth default)
+            return f"{host}/.s.PGSQL.{port} ({db})"
         return f"{host}:{port}/{db}"
     kv = dict(re.findall(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn))
     host, port, db = kv.get("host", "localhost"), kv.get("port", "5432"), kv.get("dbname", "(default db)")

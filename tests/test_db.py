@@ -108,6 +108,9 @@ def test_describe_dsn_forms() -> None:
     kv = describe_dsn("host=10.0.0.5 port=5433 dbname=rec user=u password=hunter22")
     assert kv == "10.0.0.5:5433/rec" and "hunter22" not in kv
     assert "PGHOST" in describe_dsn(None)
+    # the shipped peer-auth default names the socket it tried, not a TCP port nobody configured
+    assert describe_dsn("postgresql:///recorderd?host=/run/postgresql") == "/run/postgresql/.s.PGSQL.5432 (recorderd)"
+    assert describe_dsn("postgresql://u:pw@/rec?host=/tmp&port=5433") == "/tmp/.s.PGSQL.5433 (rec)"
 
 
 async def test_database_goes_down_and_comes_back(pg_cluster, pg_dsn: str) -> None:  # type: ignore[no-untyped-def]
