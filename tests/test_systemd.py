@@ -20,9 +20,12 @@ from pathlib import Path
 import pytest
 
 from recorderd import systemd
+from recorderd.config import SHUTDOWN_MAX_SECONDS
+from recorderd.daemon import SHUTDOWN_BACKSTOP_SECONDS
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "recorderd.service"
+JOURNALD = REPO / "systemd" / "journald-recorderd.conf"
 
 
 class NotifySocket:
@@ -220,7 +223,7 @@ def test_unit_has_the_required_settings() -> None:
         "Type": "notify", "NotifyAccess": "main",
         "ExecStart": "/opt/recorderd/venv/bin/recorderd run --config /etc/recorderd/cameras.yaml",
         "ExecReload": "/bin/kill -HUP $MAINPID", "WatchdogSec": "30", "Restart": "on-failure",
-        "RestartSec": "2", "TimeoutStopSec": "20", "KillMode": "mixed", "User": "recorderd",
+        "RestartSec": "2", "TimeoutStopSec": "75", "KillMode": "mixed", "User": "recorderd",
         "Group": "recorderd", "EnvironmentFile": "-/etc/recorderd/recorderd.env",
         "ProtectSystem": "strict", "ReadWritePaths": "/var/lib/recorderd", "NoNewPrivileges": "yes",
         "PrivateTmp": "yes", "ProtectHome": "yes", "ProtectKernelTunables": "yes",
@@ -233,8 +236,46 @@ def test_unit_has_the_required_settings() -> None:
     for key, value in expect.items():
         assert s.get(key) == [value], key
     assert "Nice" not in s and "IOSchedulingClass" not in s
-    # the daemon drains in ~10 s (shutdown_seconds): systemd must wait longer than that
-    assert int(s["TimeoutStopSec"][0]) > 10
+
+
+def test_stop_timeout_covers_the_largest_drain_budget() -> None:
+    """The daemon exits within shutdown_seconds (at most SHUTDOWN_MAX_SECONDS) + its backstop, then
+    kills its FFmpegs and flushes the index: systemd must not SIGKILL it before, or the open
+    segments lose their index. 5 s of margin for the kills and the flush."""
+    s = unit_settings()
+    assert s.get("KillMode") == ["mixed"]
+    (timeout,) = s["TimeoutStopSec"]
+    assert timeout.isdigit(), f"TimeoutStopSec={timeout}: write plain seconds"
+    assert int(timeout) >= SHUTDOWN_MAX_SECONDS + SHUTDOWN_BACKSTOP_SECONDS + 5
+    # and it is the stop timeout systemd reads (TimeoutSec= or a later line would override it)
+    assert "TimeoutSec" not in s
+    parsed = systemd_parsed({"recorderd.service": UNIT.read_text()})
+    assert f"TimeoutStopSec: {int(timeout) // 60}min {int(timeout) % 60}s" in parsed, \
+        [line for line in parsed if "Timeout" in line]
+
+
+def test_journald_dropin() -> None:
+    """Persistent journal with a size cap; only [Journal] keys journald knows."""
+    settings: dict[str, str] = {}
+    section = None
+    for line in JOURNALD.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line
+            continue
+        assert section == "[Journal]", line
+        key, sep, value = line.partition("=")
+        assert sep and key not in settings, line
+        settings[key] = value
+    assert settings.get("Storage") == "persistent"
+    cap = settings.get("SystemMaxUse", "")
+    assert re.fullmatch(r"[1-9][0-9]*[MG]", cap), cap
+    size = int(cap[:-1]) * (1 << (20 if cap.endswith("M") else 30))
+    assert 256 << 20 <= size <= 8 << 30
+    assert set(settings) <= {"Storage", "SystemMaxUse", "SystemKeepFree", "SystemMaxFileSize",
+                             "MaxRetentionSec", "Compress"}
 
 
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
