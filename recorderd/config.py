@@ -7,9 +7,12 @@ diffs it against the running one (see ``diff_cameras``).
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import math
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +26,13 @@ from recorderd.masking import mask_text, mask_url, secrets_of
 CAMERA_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 AUDIO_MODES = ("auto", "copy", "aac", "off")
 DEFAULT_PLANS: Mapping[str, int] = {"basic": 7, "pro": 15, "premium": 30}
+# Clips a camera on a built-in plan may keep when the config does not say; None: unlimited.
+DEFAULT_MAX_CLIPS: Mapping[str, int | None] = {"basic": 10, "pro": 50, "premium": None}
+DEFAULT_LISTEN = "127.0.0.1:9108"
+TOKEN_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
+_SHA256_RE = re.compile(r"^[0-9A-Fa-f]{64}\Z")
+TOKEN_FILE_MAX_BYTES = 4096
+SHORT_TOKEN_CHARS = 16  # a token_file token shorter than this gets a warning: guessable
 # The largest drain budget accepted; systemd/recorderd.service's TimeoutStopSec leaves room for it plus
 # the daemon's backstop (tests/test_systemd.py ties the two).
 SHUTDOWN_MAX_SECONDS = 60
@@ -42,6 +52,7 @@ class ConfigError(Exception):
 class Plan:
     name: str
     retention_days: int
+    max_clips: int | None  # None: unlimited
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +107,26 @@ class RetentionConfig:
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
+    """Deprecated section: ``listen`` always equals ``Config.http.listen`` (the one listener)."""
+
     listen: str | None  # "host:port"; None disables the listener
+
+
+@dataclass(frozen=True, slots=True)
+class HttpToken:
+    """An API token: only the SHA-256 of the secret is kept (a ``token_file`` is hashed at load)."""
+
+    name: str
+    sha256: str = field(repr=False)  # 64 lowercase hex digits
+    tenants: frozenset[str] | None  # None: every tenant
+    clips: bool  # may create, rename and delete clips
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    listen: str | None  # "host:port"; None disables the listener
+    tokens: tuple[HttpToken, ...]  # empty: no authentication (allowed on loopback only)
+    max_exports: int  # concurrent exports/clip extractions; past it the API answers 429
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +137,10 @@ class Config:
     database: DatabaseConfig
     retention: RetentionConfig
     metrics: MetricsConfig
+    http: HttpConfig
     shutdown_seconds: float
     source: str = ""
+    warnings: tuple[str, ...] = ()  # valid but worth telling the operator (deprecated keys, weak tokens)
 
     def camera(self, camera_id: str) -> Camera | None:
         for cam in self.cameras:
@@ -236,7 +268,8 @@ def _check_url(url: str, path: str, errs: _Errors) -> None:
         errs.add(path, f"has no host: {mask_url(url)}")
 
 
-_TOP = {"storage", "defaults", "plans", "cameras", "database", "retention", "metrics", "shutdown_seconds"}
+_TOP = {"storage", "defaults", "plans", "cameras", "database", "retention", "metrics", "http",
+        "shutdown_seconds"}
 _STORAGE = {"root", "min_free_percent", "min_free_bytes", "free_margin_percent", "status_file"}
 _CAMERA_SETTINGS = {"segment_seconds", "plan", "audio", "stall_seconds", "timeout_seconds",
                     "rtsp_transport", "enabled"}
@@ -244,6 +277,9 @@ _CAMERA = _CAMERA_SETTINGS | {"id", "name", "url", "tenant", "retention_days", "
 _DATABASE = {"dsn", "pending_max_rows", "batch_max_rows"}
 _RETENTION = {"interval_seconds", "disk_check_seconds", "batch_size", "enabled"}
 _METRICS = {"listen"}
+_HTTP = {"listen", "max_exports", "tokens"}
+_TOKEN = {"name", "sha256", "token_file", "tenants", "clips"}
+_PLAN = {"retention_days", "max_clips"}
 
 _DEFAULTS: dict[str, Any] = {
     "segment_seconds": 3600,
@@ -291,6 +327,182 @@ def _camera_setting(key: str, value: Any, path: str, errs: _Errors,
     raise AssertionError(key)
 
 
+_UNSET: Any = object()
+
+
+def _listen(value: Any, path: str, errs: _Errors) -> Any:
+    """``host:port``, or None (``null``/``false``/empty: no listener); ``_UNSET`` after an error."""
+    if value in (None, False, ""):
+        return None
+    s = _string(value, path, errs)
+    if s is None:
+        return _UNSET
+    _host, sep, port = s.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        errs.add(path, f"must be host:port, got {s!r}")
+        return _UNSET
+    return s
+
+
+def is_loopback_listen(listen: str) -> bool:
+    """True when ``host:port`` binds only this machine: 127.0.0.0/8, ::1 or ``localhost``.
+
+    ``*:port``, ``:port``, ``0.0.0.0``, ``[::]``, any other address and any other host name are not:
+    a name may resolve to anything.
+    """
+    host = listen.rpartition(":")[0]
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host.lower() == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
+
+
+def _read_token_file(value: Any, path: str, errs: _Errors, warnings: list[str]) -> str | None:
+    """The SHA-256 (hex) of the token a file holds. Errors name the path, never the content."""
+    name = _string(value, path, errs)
+    if name is None:
+        return None
+    if not os.path.isabs(name):
+        errs.add(path, f"must be an absolute path, got {name!r}")
+        return None
+    try:
+        if not stat.S_ISREG(os.stat(name).st_mode):  # a FIFO or a device would block or never end
+            errs.add(path, f"{name!r} is not a regular file")
+            return None
+        with open(name, "rb") as f:
+            raw = f.read(TOKEN_FILE_MAX_BYTES + 1)
+    except OSError as exc:
+        errs.add(path, f"cannot read {name!r}: {exc.strerror or type(exc).__name__}")
+        return None
+    if len(raw) > TOKEN_FILE_MAX_BYTES:
+        errs.add(path, f"{name!r} is larger than {TOKEN_FILE_MAX_BYTES} bytes: it should hold one token")
+        return None
+    token = raw.strip()
+    if not token:
+        errs.add(path, f"{name!r} is empty")
+        return None
+    # what a client can send after "Bearer ": printable ASCII, no spaces
+    if any(not 0x21 <= b <= 0x7E for b in token):
+        errs.add(path, f"{name!r} must hold one token of printable ASCII characters without spaces")
+        return None
+    if len(token) < SHORT_TOKEN_CHARS:
+        warnings.append(f"{path}: the token in {name!r} is shorter than {SHORT_TOKEN_CHARS} characters: "
+                        "easy to guess (try: openssl rand -base64 32)")
+    return hashlib.sha256(token).hexdigest()
+
+
+def _parse_token(body: Any, p: str, errs: _Errors, warnings: list[str]) -> HttpToken | None:
+    t = _mapping(body, p, errs, _TOKEN)
+    if not isinstance(body, dict):
+        return None
+    before = len(errs.items)
+    name = None
+    if "name" not in t:
+        errs.add(f"{p}.name", "is required")
+    else:
+        name = t["name"]
+        if not isinstance(name, str) or not TOKEN_NAME_RE.match(name):
+            errs.add(f"{p}.name", f"{name!r} is not a valid token name: use 1-64 of A-Z a-z 0-9 _ . -")
+            name = None
+    digest = None
+    if "sha256" in t and "token_file" in t:
+        errs.add(p, "give sha256 or token_file, not both")
+    elif "sha256" in t:
+        # never echo the value: someone may have pasted the token itself here
+        h = _string(t["sha256"], f"{p}.sha256", errs)
+        if h is not None:
+            if _SHA256_RE.match(h):
+                digest = h.lower()
+            else:
+                errs.add(f"{p}.sha256", f"must be the SHA-256 of the token as 64 hex digits, got {len(h)} "
+                         "characters (not shown); e.g. printf %s \"$TOKEN\" | sha256sum")
+    elif "token_file" in t:
+        digest = _read_token_file(t["token_file"], f"{p}.token_file", errs, warnings)
+    else:
+        errs.add(p, "needs sha256 (the token's SHA-256) or token_file (a file holding the token)")
+    tenants: frozenset[str] | None = None
+    if t.get("tenants") is not None:
+        raw = t["tenants"]
+        if not isinstance(raw, list):
+            errs.add(f"{p}.tenants", f"must be a list of tenants, got {_kind(raw)}")
+        elif not raw:
+            errs.add(f"{p}.tenants", "is empty: the token would see nothing (omit it for every tenant)")
+        else:
+            items = [_string(v, f"{p}.tenants[{j}]", errs) for j, v in enumerate(raw)]
+            tenants = frozenset(v for v in items if v is not None)
+    clips = _bool(t.get("clips", False), f"{p}.clips", errs)
+    if len(errs.items) != before or name is None or digest is None or clips is None:
+        return None
+    return HttpToken(name=name, sha256=digest, tenants=tenants, clips=clips)
+
+
+def _parse_http(top: Mapping[str, Any], errs: _Errors, warnings: list[str],
+                cameras: list[Camera]) -> HttpConfig:
+    mt = _mapping(top.get("metrics"), "metrics", errs, _METRICS)
+    ht = _mapping(top.get("http"), "http", errs, _HTTP)
+
+    listen: Any = DEFAULT_LISTEN
+    listen_key = "http.listen"
+    http_listen = _listen(ht["listen"], "http.listen", errs) if "listen" in ht else _UNSET
+    if "listen" in mt:
+        warnings.append("metrics.listen is deprecated: use http.listen")
+        metrics_listen = _listen(mt["listen"], "metrics.listen", errs)
+        if "listen" not in ht:
+            listen, listen_key = metrics_listen, "metrics.listen"
+        elif http_listen is not _UNSET and metrics_listen is not _UNSET and metrics_listen != http_listen:
+            errs.add("metrics.listen", f"is deprecated and differs from http.listen ({metrics_listen!r} vs "
+                     f"{http_listen!r}): remove metrics.listen")
+    if "listen" in ht:
+        listen = http_listen
+
+    max_exports = _number(ht.get("max_exports", 2), "http.max_exports", errs, integer=True, positive=True,
+                          maximum=64)
+
+    raw_tokens = ht.get("tokens")
+    entries: list[Any] = []
+    tokens_given = False  # entries were meant, valid or not: no second error about a public listener
+    if isinstance(raw_tokens, list):
+        entries, tokens_given = raw_tokens, bool(raw_tokens)
+    elif raw_tokens is not None:
+        errs.add("http.tokens", f"must be a list, got {_kind(raw_tokens)}")
+        tokens_given = True
+    tokens: list[HttpToken] = []
+    by_name: dict[str, int] = {}
+    by_digest: dict[str, int] = {}
+    for i, body in enumerate(entries):
+        p = f"http.tokens[{i}]"
+        tok = _parse_token(body, p, errs, warnings)
+        if tok is None:
+            continue
+        if tok.name in by_name:
+            errs.add(f"{p}.name", f"duplicate token name {tok.name!r} (also http.tokens[{by_name[tok.name]}])")
+            continue
+        if tok.sha256 in by_digest:  # the value stays out of the message
+            errs.add(p, f"the same token as http.tokens[{by_digest[tok.sha256]}]: give each client its own")
+            continue
+        by_name[tok.name] = by_digest[tok.sha256] = i
+        tokens.append(tok)
+    known_tenants = {c.tenant for c in cameras if c.tenant is not None}
+    for tok in tokens:
+        for tenant in sorted(tok.tenants or ()):
+            if tenant not in known_tenants:
+                warnings.append(f"http.tokens[{by_name[tok.name]}].tenants: {tenant!r} is no camera's tenant "
+                                "(yet): the token sees none of its footage")
+
+    if isinstance(listen, str) and not tokens_given and not is_loopback_listen(listen):
+        errs.add(listen_key, f"{listen!r} is reachable from other hosts and no http.tokens are configured: "
+                 "footage would be public; add a token or listen on 127.0.0.1")
+    return HttpConfig(listen=listen if isinstance(listen, str) else None, tokens=tuple(tokens),
+                      max_exports=max_exports if max_exports is not None else 2)
+
+
 def parse_config(data: Any, source: str = "") -> Config:
     """Validate a parsed YAML document; raise ``ConfigError`` listing every problem."""
     errs = _Errors()
@@ -299,7 +511,7 @@ def parse_config(data: Any, source: str = "") -> Config:
         errs.add("(file)", "is empty")
 
     # plans first: cameras refer to them
-    plans: dict[str, Plan] = {n: Plan(n, d) for n, d in DEFAULT_PLANS.items()}
+    plans: dict[str, Plan] = {n: Plan(n, d, DEFAULT_MAX_CLIPS[n]) for n, d in DEFAULT_PLANS.items()}
     raw_plans = top.get("plans")
     if raw_plans is not None:
         if not isinstance(raw_plans, dict):
@@ -310,14 +522,22 @@ def parse_config(data: Any, source: str = "") -> Config:
                 if not isinstance(name, str) or not CAMERA_ID_RE.match(name):  # \Z: no trailing newline
                     errs.add(p, "plan names use letters, digits, '_' and '-'")
                     continue
-                b = _mapping(body, p, errs, {"retention_days"})
-                if "retention_days" not in b:
+                b = _mapping(body, p, errs, _PLAN)
+                before = len(errs.items)
+                if "retention_days" in b:
+                    days = _number(b["retention_days"], f"{p}.retention_days", errs, integer=True,
+                                   positive=True, maximum=36500)
+                elif name in DEFAULT_PLANS:  # a built-in plan may change only its max_clips
+                    days = DEFAULT_PLANS[name]
+                else:
                     errs.add(f"{p}.retention_days", "is required")
                     continue
-                days = _number(b["retention_days"], f"{p}.retention_days", errs, integer=True, positive=True,
-                               maximum=36500)
-                if days is not None:
-                    plans[name] = Plan(name, days)
+                max_clips: int | None = DEFAULT_MAX_CLIPS.get(name)  # a custom plan: unlimited
+                if "max_clips" in b:
+                    max_clips = None if b["max_clips"] is None else _number(
+                        b["max_clips"], f"{p}.max_clips", errs, integer=True, minimum=0, maximum=1_000_000)
+                if len(errs.items) == before:
+                    plans[name] = Plan(name, days, max_clips)
 
     # storage
     st = _mapping(top.get("storage"), "storage", errs, _STORAGE)
@@ -441,20 +661,9 @@ def parse_config(data: Any, source: str = "") -> Config:
     batch_size = _number(rt.get("batch_size", 500), "retention.batch_size", errs, integer=True, positive=True)
     rt_enabled = _bool(rt.get("enabled", True), "retention.enabled", errs)
 
-    # metrics
-    mt = _mapping(top.get("metrics"), "metrics", errs, _METRICS)
-    listen: str | None = "127.0.0.1:9108"
-    if "listen" in mt:
-        if mt["listen"] in (None, False, ""):
-            listen = None
-        else:
-            s = _string(mt["listen"], "metrics.listen", errs)
-            if s is not None:
-                _host, sep, port = s.rpartition(":")
-                if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-                    errs.add("metrics.listen", f"must be host:port, got {s!r}")
-                else:
-                    listen = s
+    # http (and the deprecated metrics.listen: one listener serves /metrics, /healthz and the API)
+    warnings: list[str] = []
+    http = _parse_http(top, errs, warnings, cameras)
 
     shutdown = _number(top.get("shutdown_seconds", 8), "shutdown_seconds", errs, integer=False, positive=True,
                        maximum=SHUTDOWN_MAX_SECONDS)
@@ -471,9 +680,11 @@ def parse_config(data: Any, source: str = "") -> Config:
         database=DatabaseConfig(dsn=dsn, pending_max_rows=pending_max, batch_max_rows=batch_max),
         retention=RetentionConfig(interval_seconds=float(interval), disk_check_seconds=float(disk_check),
                                   batch_size=batch_size, enabled=bool(rt_enabled)),
-        metrics=MetricsConfig(listen=listen),
+        metrics=MetricsConfig(listen=http.listen),
+        http=http,
         shutdown_seconds=float(shutdown),
         source=source,
+        warnings=tuple(warnings),
     )
 
 

@@ -13,17 +13,19 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 from recorderd import __version__, metrics, systemd
+from recorderd.api.app import HttpServer
 from recorderd.clock import RunLedger, WallClock
 from recorderd.config import Camera, Config, ConfigError, diff_cameras, read_config_text
 from recorderd.configwatch import ConfigWatcher
 from recorderd.db import Database
 from recorderd.health import CameraHealth, HealthSnapshot, disk_floor_bytes, disk_stale_after, health_reasons
-from recorderd.httpserver import MetricsServer
 from recorderd.indexer import Indexer
 from recorderd.lastgood import Fallback, LastGood, load_or_fallback
 from recorderd.logging import get_logger, register_secrets
@@ -31,7 +33,7 @@ from recorderd.masking import secrets_of
 from recorderd.probe import probe_duration
 from recorderd.process import SpawnPacer
 from recorderd.progress import ProgressPoller
-from recorderd.retention import Sweeper
+from recorderd.retention import CameraUsage, Sweeper
 from recorderd.statusfile import remove_status, write_status
 from recorderd.supervisor import CameraSupervisor, forget_camera
 from recorderd.volume import MARKER_REL, RootLock, RootLocked, StorageVolume
@@ -59,7 +61,9 @@ class Daemon:
         self.reload_event = asyncio.Event()
         self.signals_seen = 0
         self.exit_code = 0
-        self.db = Database(config.database_dsn())
+        # 3 connections for the API at most (recorderd.api.cameras.API_QUERIES): the indexer and the
+        # sweeper always find one free
+        self.db = Database(config.database_dsn(), pool_max=6)
         self.clock = WallClock()
         self.poller = ProgressPoller()
         self.pacer = SpawnPacer()
@@ -74,7 +78,7 @@ class Daemon:
         self.sweeper = Sweeper(config, self.db, self.current_files, clock_gate=self.clock.reason,
                                storage_gate=self.volume.reason, volume_marker=MARKER_REL,
                                index_never_reached=self.volume.index_never_reached)
-        self.metrics_server: MetricsServer | None = None
+        self.http: HttpServer | None = None
 
     # ------------------------------------------------------------------ cameras
 
@@ -126,7 +130,7 @@ class Daemon:
         old = self.config
         for key, label in ((old.storage.root != new.storage.root, "storage.root"),
                            (old.database_dsn() != new.database_dsn(), "database.dsn"),
-                           (old.metrics.listen != new.metrics.listen, "metrics.listen")):
+                           (old.http.listen != new.http.listen, "http.listen")):
             if key:
                 log.warning("config_needs_restart", key=label, note="kept the running value until restart")
         new = _keep_fixed(new, old)
@@ -185,6 +189,16 @@ class Daemon:
                 "path": self.fallback.path, "saved_at": self.fallback.saved_at},
             "cameras": [s.snapshot() for s in self.supervisors.values()],
         }
+
+    def camera_usage(self) -> Mapping[str, CameraUsage]:
+        """Footage bytes and oldest footage per camera from the sweeper's last survey (for the API)."""
+        return self.sweeper.camera_usage
+
+    async def clips_used(self, conn: asyncpg.Connection, camera_id: str) -> int:
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM clips WHERE camera_id = $1", camera_id))
+        except asyncpg.UndefinedTableError:  # an index from before clips
+            return 0
 
     def summary(self) -> str:
         states = [s.state for s in self.supervisors.values()]
@@ -283,13 +297,15 @@ class Daemon:
         self._core(self._status_loop(), "status")
         self._core(self._reload_loop(), "reload")
         self._core(ConfigWatcher(self.config_path, self.reload_event.set).run(), "config-watch")
-        if cfg.metrics.listen:
-            self.metrics_server = MetricsServer(cfg.metrics.listen, self.health)
+        for warning in cfg.warnings:
+            log.warning("config_warning", detail=warning)
+        if cfg.http.listen:
+            self.http = HttpServer(cfg.http.listen, self.health, services=self)
             try:
-                await self.metrics_server.start()
+                await self.http.start()
             except OSError as exc:
-                log.error("metrics_listen_failed", listen=cfg.metrics.listen, error=str(exc))
-                self.metrics_server = None
+                log.error("http_listen_failed", listen=cfg.http.listen, error=str(exc))
+                self.http = None
         interval = systemd.watchdog_interval()
         if interval:
             self._core(systemd.watchdog_task(interval), "watchdog")
@@ -336,8 +352,8 @@ class Daemon:
         for task in self.core_tasks:
             task.cancel()
         await asyncio.gather(*self.core_tasks, return_exceptions=True)
-        if self.metrics_server is not None:
-            await self.metrics_server.close()
+        if self.http is not None:
+            await self.http.close()
         try:
             await asyncio.wait_for(self.db.close(), max(0.2, deadline + 1.0 - time.monotonic()))
         except Exception:
@@ -352,8 +368,9 @@ def _keep_fixed(new: Config, old: Config) -> Config:
     from dataclasses import replace
 
     storage = replace(new.storage, root=old.storage.root, status_file=old.storage.status_file)
+    # the listener stays; its tokens, and everything the API reads, follow the new config at once
     return replace(new, storage=storage, database=replace(new.database, dsn=old.database.dsn),
-                   metrics=old.metrics)
+                   metrics=old.metrics, http=replace(new.http, listen=old.http.listen))
 
 
 def run(config_path: Path, *, ffmpeg_bin: str = "ffmpeg", state_dir: Path | None = None) -> int:

@@ -12,7 +12,7 @@ MASK = "***"
 _USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s'\"]*):(?P<pw>[^\s'\"]*)@")
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?(.*)$", re.DOTALL)
 # query-string secrets some cameras use: ?user=admin&password=x, &pwd=x, &token=x
-_QUERY_RE = re.compile(r"(?i)([?&](?:password|passwd|pwd|pass|token|auth|key|secret)=)[^&\s'\"]*")
+_QUERY_RE = re.compile(r"(?i)([?&](?:password|passwd|pwd|pass|token|auth|key|secret|sig|signature)=)[^&\s'\"]*")
 
 
 def _split_userinfo(url: str) -> tuple[str, str, str | None, str]:

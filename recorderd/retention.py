@@ -24,7 +24,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import asyncpg
 
@@ -213,6 +213,11 @@ def _always_fine() -> str | None:
     return None
 
 
+class CameraUsage(NamedTuple):
+    bytes: int
+    oldest: float | None  # epoch seconds of the oldest deletable footage
+
+
 class RetentionPaused(Exception):
     """The storage gate closed in the middle of a sweep: stop deleting now."""
 
@@ -278,6 +283,9 @@ class Sweeper:
         self._log_budget = _LOG_BUDGET
         self._db_trouble_logged = False
         self._usage_cameras: set[str] = set()
+        # per camera: footage bytes and oldest deletable start, from the last survey (the API reads it
+        # instead of summing millions of rows per request)
+        self.camera_usage: dict[str, CameraUsage] = {}
         self._wake = asyncio.Event()
         self._guard = DiskGuard(self)
 
@@ -594,6 +602,8 @@ class Sweeper:
         for cam in self._usage_cameras - seen:
             STORAGE_USED.labels(cam).set(0)
         self._usage_cameras = seen
+        self.camera_usage = {r["camera_id"]: CameraUsage(int(r["used"]), r["oldest"].timestamp()
+                                                         if r["oldest"] is not None else None) for r in recs}
         await asyncio.to_thread(lambda: self._protected.replace(protected, save=save))
 
     # ---- the index side of the free-space floor (see diskguard.DiskGuard)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import textwrap
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +17,10 @@ from recorderd.config import (
     Camera,
     Config,
     ConfigError,
+    HttpConfig,
+    HttpToken,
     diff_cameras,
+    is_loopback_listen,
     load_config,
     parse_config,
     parse_text,
@@ -69,10 +74,17 @@ FULL = textwrap.dedent("""\
       enabled: false
     metrics:
       listen: 0.0.0.0:9200
+    http:
+      max_exports: 3
+      tokens:
+        - name: acme-viewer
+          sha256: 9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08
+          tenants: [acme]
     shutdown_seconds: 4
     """)
 
 MINIMAL = "storage: {root: /srv/rec}\n"
+TEST_SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"  # sha256("test")
 
 
 def cfg(**top: Any) -> dict[str, Any]:
@@ -139,13 +151,18 @@ def test_full_file() -> None:
     assert c.retention.interval_seconds == 30.0 and c.retention.disk_check_seconds == 1.5
     assert c.retention.batch_size == 50 and c.retention.enabled is False
     assert c.metrics.listen == "0.0.0.0:9200"
+    assert c.http == HttpConfig(listen="0.0.0.0:9200", max_exports=3, tokens=(HttpToken(
+        name="acme-viewer", sha256=TEST_SHA, tenants=frozenset({"acme"}), clips=False),))
+    assert c.warnings == ("metrics.listen is deprecated: use http.listen",)
+    assert c.plans["gold"].max_clips is None and c.plans["basic"].max_clips == 10
     assert c.shutdown_seconds == 4.0
 
 
 def test_secrets_not_in_reprs() -> None:
     c = parse_text(FULL)
-    text = repr(c) + str(c) + repr(c.cameras) + repr(c.database)
+    text = repr(c) + str(c) + repr(c.cameras) + repr(c.database) + repr(c.http)
     assert "s3cret" not in text and "dbpass" not in text and ":pw@" not in text
+    assert TEST_SHA not in text.lower() and "acme-viewer" in text
     assert c.cameras[0].masked_url == "rtsp://admin:***@10.0.0.5:554/Streaming/Channels/101"
 
 
@@ -164,6 +181,9 @@ def test_minimal_file_defaults() -> None:
     assert c.retention.interval_seconds == 60.0 and c.retention.disk_check_seconds == 2.0
     assert c.retention.batch_size == 500 and c.retention.enabled is True
     assert c.metrics.listen == "127.0.0.1:9108"
+    assert c.http == HttpConfig(listen="127.0.0.1:9108", tokens=(), max_exports=2)
+    assert c.warnings == ()
+    assert {n: p.max_clips for n, p in c.plans.items()} == {"basic": 10, "pro": 50, "premium": None}
     assert c.shutdown_seconds == 8.0
 
 
@@ -679,3 +699,398 @@ def test_huge_integer_is_a_config_error_not_a_crash() -> None:
     assert any(e.startswith("retention.interval_seconds: must be at most 86400") for e in errors), errors
     assert any(e.startswith("cameras[0].segment_seconds: must be at most 86400") for e in errors), errors
     assert all(len(e) < 200 for e in errors)  # a 400-digit number is not echoed whole
+
+
+# --------------------------------------------------------------------------- plans: max_clips
+
+
+@pytest.mark.parametrize(("plans", "want"), [
+    (None, {"basic": 10, "pro": 50, "premium": None}),
+    ({"basic": {"retention_days": 3}}, {"basic": 10, "pro": 50, "premium": None}),  # keeps built-in max
+    ({"basic": {"retention_days": 7, "max_clips": 20}}, {"basic": 20, "pro": 50, "premium": None}),
+    ({"pro": {"retention_days": 15, "max_clips": None}}, {"basic": 10, "pro": None, "premium": None}),
+    ({"premium": {"retention_days": 30, "max_clips": 0}}, {"basic": 10, "pro": 50, "premium": 0}),
+    ({"gold": {"retention_days": 60}}, {"basic": 10, "pro": 50, "premium": None, "gold": None}),
+    ({"gold": {"retention_days": 60, "max_clips": 5}}, {"basic": 10, "pro": 50, "premium": None, "gold": 5}),
+])
+def test_plan_max_clips(plans: dict[str, Any] | None, want: dict[str, int | None]) -> None:
+    doc = cfg() if plans is None else cfg(plans=plans)
+    assert {n: p.max_clips for n, p in parse_config(doc).plans.items()} == want
+
+
+def test_builtin_plan_may_set_only_max_clips() -> None:
+    plans = parse_config(cfg(plans={"pro": {"max_clips": 99}})).plans
+    assert (plans["pro"].retention_days, plans["pro"].max_clips) == (DEFAULT_PLANS["pro"], 99)
+    assert one_error(cfg(plans={"gold": {"max_clips": 3}})) == "plans.gold.retention_days: is required"
+
+
+def test_plan_max_clips_from_yaml_text() -> None:
+    c = parse_text(MINIMAL + textwrap.dedent("""\
+        plans:
+          basic:   {retention_days: 7, max_clips: 10}
+          pro:     {retention_days: 15, max_clips: 50}
+          premium: {retention_days: 30}
+        """))
+    assert [(p.name, p.retention_days, p.max_clips) for p in c.plans.values()] == [
+        ("basic", 7, 10), ("pro", 15, 50), ("premium", 30, None)]
+
+
+@pytest.mark.parametrize(("value", "needle"), [
+    (-1, "must be at least 0"), ("ten", "must be an integer"), (1.5, "must be an integer"),
+    (True, "must be an integer"), (10**7, "must be at most"),
+])
+def test_plan_max_clips_errors(value: Any, needle: str) -> None:
+    err = one_error(cfg(plans={"gold": {"retention_days": 3, "max_clips": value}}))
+    assert err.startswith("plans.gold.max_clips: ") and needle in err, err
+
+
+# --------------------------------------------------------------------------- http: listen
+
+
+def http_doc(**http: Any) -> dict[str, Any]:
+    return cfg(http=http)
+
+
+def token(name: Any = "ops", **fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": name, "sha256": TEST_SHA}
+    body.update(fields)
+    return body
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:9200", "127.3.2.1:1", "[::1]:9108", "::1:9108",
+                                    "localhost:9108", "LocalHost:9108", "[::ffff:127.0.0.1]:9108"])
+def test_http_listen_loopback_needs_no_token(listen: str) -> None:
+    c = parse_config(http_doc(listen=listen))
+    assert c.http.listen == listen and c.metrics.listen == listen and c.http.tokens == ()
+    assert c.warnings == ()
+
+
+@pytest.mark.parametrize("listen", [None, False, ""])
+def test_http_listen_can_be_disabled(listen: Any) -> None:
+    c = parse_config(http_doc(listen=listen))
+    assert c.http.listen is None and c.metrics.listen is None and c.warnings == ()
+
+
+def test_empty_http_section_is_fine() -> None:
+    c = parse_text(MINIMAL + "http:\n")
+    assert c.http == HttpConfig(listen="127.0.0.1:9108", tokens=(), max_exports=2)
+    c = parse_text(MINIMAL + "http:\n  tokens:\n")
+    assert c.http.tokens == ()
+
+
+@pytest.mark.parametrize(("value", "needle"), [
+    ("9108", "must be host:port"), ("h:0", "must be host:port"), ("h:70000", "must be host:port"),
+    ("127.0.0.1:", "must be host:port"), (9108, "must be a string"), (["a"], "must be a string"),
+])
+def test_http_listen_errors(value: Any, needle: str) -> None:
+    err = one_error(http_doc(listen=value))
+    assert err.startswith("http.listen: ") and needle in err, err
+
+
+NON_LOOPBACK = ["0.0.0.0:9108", "*:9108", ":9108", "[::]:9108", "::9108", "10.0.0.5:9108", "[fe80::1]:9108",
+                "nvr.example.com:9108", "localhost.example.com:9108", "127.0.0.1.nip.io:80", "127.1:9108",
+                "[::ffff:10.0.0.1]:9108"]
+
+
+@pytest.mark.parametrize("listen", NON_LOOPBACK)
+def test_non_loopback_listen_without_tokens_is_refused(listen: str) -> None:
+    err = one_error(http_doc(listen=listen))
+    assert err == (f"http.listen: {listen!r} is reachable from other hosts and no http.tokens are configured: "
+                   "footage would be public; add a token or listen on 127.0.0.1")
+
+
+@pytest.mark.parametrize("listen", NON_LOOPBACK)
+def test_non_loopback_listen_with_a_token_is_fine(listen: str) -> None:
+    c = parse_config(http_doc(listen=listen, tokens=[token()]))
+    assert c.http.listen == listen and [t.name for t in c.http.tokens] == ["ops"]
+
+
+def test_non_loopback_refusal_through_deprecated_metrics_listen_names_that_key() -> None:
+    err = one_error(cfg(metrics={"listen": "0.0.0.0:9108"}))
+    assert err.startswith("metrics.listen: '0.0.0.0:9108' is reachable from other hosts and no http.tokens")
+    c = parse_config(cfg(metrics={"listen": "0.0.0.0:9108"}, http={"tokens": [token()]}))
+    assert c.http.listen == c.metrics.listen == "0.0.0.0:9108"
+
+
+def test_broken_tokens_do_not_add_a_public_listener_error() -> None:
+    errs = errors_of(http_doc(listen="0.0.0.0:9108", tokens=[{"name": "ops"}]))
+    assert errs == ["http.tokens[0]: needs sha256 (the token's SHA-256) or token_file (a file holding the token)"]
+    errs = errors_of(http_doc(listen="0.0.0.0:9108", tokens="abc"))
+    assert errs == ["http.tokens: must be a list, got a string"]
+
+
+@pytest.mark.parametrize(("listen", "want"), [
+    ("127.0.0.1:1", True), ("127.255.255.254:1", True), ("[::1]:1", True), ("::1:1", True),
+    ("localhost:1", True), ("[::ffff:127.0.0.1]:1", True),
+    ("0.0.0.0:1", False), ("*:1", False), (":1", False), ("[::]:1", False), ("128.0.0.1:1", False),
+    ("192.168.1.2:1", False), ("host:1", False), ("[::2]:1", False),
+])
+def test_is_loopback_listen(listen: str, want: bool) -> None:
+    assert is_loopback_listen(listen) is want
+
+
+# --------------------------------------------------------------------------- http: deprecated metrics.listen
+
+DEPRECATED = "metrics.listen is deprecated: use http.listen"
+
+
+@pytest.mark.parametrize(("metrics", "want"), [
+    ("127.0.0.1:9200", "127.0.0.1:9200"), (None, None), (False, None), ("", None),
+])
+def test_metrics_listen_still_works_with_a_warning(metrics: Any, want: str | None) -> None:
+    c = parse_config(cfg(metrics={"listen": metrics}))
+    assert c.http.listen == want and c.metrics.listen == want
+    assert c.warnings == (DEPRECATED,)
+
+
+def test_metrics_section_without_listen_warns_nothing() -> None:
+    c = parse_config(cfg(metrics={}))
+    assert c.warnings == () and c.http.listen == "127.0.0.1:9108"
+
+
+@pytest.mark.parametrize(("metrics", "http"), [
+    ("127.0.0.1:9200", "127.0.0.1:9200"), (None, None), (None, False), ("", None),
+])
+def test_metrics_listen_equal_to_http_listen_only_warns(metrics: Any, http: Any) -> None:
+    c = parse_config(cfg(metrics={"listen": metrics}, http={"listen": http}))
+    assert c.http.listen == c.metrics.listen == (http or None)
+    assert c.warnings == (DEPRECATED,)
+
+
+@pytest.mark.parametrize(("metrics", "http"), [
+    ("127.0.0.1:9200", "127.0.0.1:9300"), (None, "127.0.0.1:9300"), ("127.0.0.1:9200", None),
+])
+def test_metrics_listen_differing_from_http_listen_is_an_error(metrics: Any, http: Any) -> None:
+    err = one_error(cfg(metrics={"listen": metrics}, http={"listen": http}))
+    assert err == (f"metrics.listen: is deprecated and differs from http.listen ({metrics or None!r} vs "
+                   f"{http!r}): remove metrics.listen")
+
+
+def test_metrics_listen_given_http_section_without_listen_uses_metrics() -> None:
+    c = parse_config(cfg(metrics={"listen": "127.0.0.1:9200"}, http={"max_exports": 4}))
+    assert c.http.listen == "127.0.0.1:9200" and c.http.max_exports == 4 and c.warnings == (DEPRECATED,)
+
+
+def test_bad_metrics_listen_is_reported_once_under_its_own_key() -> None:
+    assert one_error(cfg(metrics={"listen": "nope"})) == "metrics.listen: must be host:port, got 'nope'"
+    assert one_error(cfg(metrics={"listen": "nope"}, http={"listen": "127.0.0.1:1"})) == (
+        "metrics.listen: must be host:port, got 'nope'")
+
+
+# --------------------------------------------------------------------------- http: max_exports
+
+
+def test_max_exports() -> None:
+    assert parse_config(cfg()).http.max_exports == 2
+    assert parse_config(http_doc(max_exports=1)).http.max_exports == 1
+    assert parse_config(http_doc(max_exports=64)).http.max_exports == 64
+
+
+@pytest.mark.parametrize(("value", "needle"), [
+    (0, "must be positive"), (-1, "must be positive"), (65, "must be at most 64"), ("2", "must be an integer"),
+    (2.5, "must be an integer"), (None, "must be an integer"),
+])
+def test_max_exports_errors(value: Any, needle: str) -> None:
+    err = one_error(http_doc(max_exports=value))
+    assert err.startswith("http.max_exports: ") and needle in err, err
+
+
+# --------------------------------------------------------------------------- http: tokens
+
+
+def test_tokens_parsed() -> None:
+    upper = TEST_SHA.upper()
+    other = "a" * 64
+    c = parse_config(http_doc(tokens=[
+        token("city-1-viewer", sha256=upper, tenants=["city-1"]),
+        token("ops.admin_2", sha256=other, clips=True, tenants=None),
+        token("two", sha256="b" * 64, tenants=["t1", "t2", "t1"], clips=False),
+    ]))
+    assert c.http.tokens == (
+        HttpToken(name="city-1-viewer", sha256=TEST_SHA, tenants=frozenset({"city-1"}), clips=False),
+        HttpToken(name="ops.admin_2", sha256=other, tenants=None, clips=True),
+        HttpToken(name="two", sha256="b" * 64, tenants=frozenset({"t1", "t2"}), clips=False),
+    )
+    assert TEST_SHA not in repr(c.http) and other not in repr(c.http)
+
+
+def test_tokens_from_yaml_text_issue_example(tmp_path: Path) -> None:
+    (tmp_path / "ops").write_text("  s3cr3t-0ps-token-value-long-enough\n\n", encoding="utf-8")
+    c = parse_text(MINIMAL + textwrap.dedent(f"""\
+        cameras:
+          - {{id: c1, url: 'rtsp://h/1', tenant: city-1}}
+        http:
+          listen: 0.0.0.0:9108
+          max_exports: 2
+          tokens:
+            - name: city-1-viewer
+              sha256: {TEST_SHA}
+              tenants: [city-1]
+              clips: true
+            - name: ops
+              token_file: {tmp_path / "ops"}
+        """))
+    viewer, ops = c.http.tokens
+    assert (viewer.name, viewer.tenants, viewer.clips) == ("city-1-viewer", frozenset({"city-1"}), True)
+    assert ops.name == "ops" and ops.tenants is None and ops.clips is False
+    assert ops.sha256 == hashlib.sha256(b"s3cr3t-0ps-token-value-long-enough").hexdigest()
+    assert c.warnings == ()
+    assert "s3cr3t" not in repr(c)
+
+
+def test_token_file_is_hashed_not_kept(tmp_path: Path) -> None:
+    f = tmp_path / "tok"
+    f.write_bytes(b"\t test-token-0123456789 \r\n")
+    c = parse_config(http_doc(tokens=[{"name": "ops", "token_file": str(f)}]))
+    (tok,) = c.http.tokens
+    assert tok.sha256 == hashlib.sha256(b"test-token-0123456789").hexdigest()
+    assert "test-token" not in repr(c) and "test-token" not in str(c.http)
+
+
+def test_short_token_file_warns(tmp_path: Path) -> None:
+    f = tmp_path / "tok"
+    f.write_text("abc\n")
+    c = parse_config(http_doc(tokens=[{"name": "ops", "token_file": str(f)}]))
+    assert c.http.tokens[0].sha256 == hashlib.sha256(b"abc").hexdigest()
+    (warning,) = c.warnings
+    assert warning.startswith("http.tokens[0].token_file: ") and "shorter than 16 characters" in warning
+    assert "abc" not in warning.replace(str(f), "")
+
+
+def test_token_tenant_matching_no_camera_warns() -> None:
+    doc = cfg(cameras=[{"id": "c", "url": "rtsp://h/c", "tenant": "city-1"}],
+              http={"tokens": [token("a", tenants=["city-1"]), token("b", sha256="b" * 64, tenants=["city1"])]})
+    c = parse_config(doc)
+    assert c.warnings == ("http.tokens[1].tenants: 'city1' is no camera's tenant (yet): the token sees none "
+                          "of its footage",)
+
+
+@pytest.mark.parametrize(("tok", "path", "needle"), [
+    ({"sha256": TEST_SHA}, "http.tokens[0].name", "is required"),
+    (token(""), "http.tokens[0].name", "not a valid token name"),
+    (token("has space"), "http.tokens[0].name", "not a valid token name"),
+    (token("a/b"), "http.tokens[0].name", "not a valid token name"),
+    (token("x" * 65), "http.tokens[0].name", "not a valid token name"),
+    (token("ok\n"), "http.tokens[0].name", "not a valid token name"),
+    (token(5), "http.tokens[0].name", "not a valid token name"),
+    ({"name": "ops"}, "http.tokens[0]", "needs sha256 (the token's SHA-256) or token_file"),
+    (token(token_file="/x"), "http.tokens[0]", "give sha256 or token_file, not both"),
+    (token(sha256=TEST_SHA[:-1]), "http.tokens[0].sha256", "64 hex digits, got 63 characters"),
+    (token(sha256=TEST_SHA + "0"), "http.tokens[0].sha256", "64 hex digits, got 65 characters"),
+    (token(sha256="g" * 64), "http.tokens[0].sha256", "64 hex digits, got 64 characters"),
+    (token(sha256=123), "http.tokens[0].sha256", "must be a string, got an integer"),
+    (token(sha256=""), "http.tokens[0].sha256", "must not be empty"),
+    (token(tenants="city-1"), "http.tokens[0].tenants", "must be a list of tenants, got a string"),
+    (token(tenants=[]), "http.tokens[0].tenants", "is empty: the token would see nothing"),
+    (token(tenants=["a", 3]), "http.tokens[0].tenants[1]", "must be a string"),
+    (token(tenants=["a", " "]), "http.tokens[0].tenants[1]", "must not be empty"),
+    (token(clips="yes"), "http.tokens[0].clips", "must be true or false"),
+    (token(clips=1), "http.tokens[0].clips", "must be true or false"),
+    (token(token="abc"), "http.tokens[0].token", "unknown key"),
+    ("ops", "http.tokens[0]", "must be a mapping, got a string"),
+    (token(sha256=None, token_file=None), "http.tokens[0]", "give sha256 or token_file, not both"),
+])
+def test_token_errors(tok: Any, path: str, needle: str) -> None:
+    err = one_error(http_doc(tokens=[tok]))
+    assert err.startswith(f"{path}: ") and needle in err, err
+
+
+def test_sha256_value_is_never_echoed() -> None:
+    pasted = "my-actual-secret-token-pasted-by-mistake"
+    err = one_error(http_doc(tokens=[token(sha256=pasted)]))
+    assert pasted not in err and "40 characters (not shown)" in err
+
+
+def test_duplicate_token_names_and_digests() -> None:
+    errs = errors_of(http_doc(tokens=[token("a"), token("a", sha256="b" * 64), token("c", sha256=TEST_SHA.upper()),
+                                      token("d", sha256="d" * 64)]))
+    assert errs == ["http.tokens[1].name: duplicate token name 'a' (also http.tokens[0])",
+                    "http.tokens[2]: the same token as http.tokens[0]: give each client its own"]
+    assert not any(TEST_SHA in e.lower() for e in errs)
+
+
+def test_duplicate_digest_between_sha256_and_token_file(tmp_path: Path) -> None:
+    f = tmp_path / "tok"
+    f.write_text("test\n")
+    errs = errors_of(http_doc(tokens=[token("a"), {"name": "b", "token_file": str(f)}]))
+    assert errs == ["http.tokens[1]: the same token as http.tokens[0]: give each client its own"]
+
+
+def test_tokens_must_be_a_list() -> None:
+    assert one_error(http_doc(tokens={"name": "ops"})) == "http.tokens: must be a list, got a mapping"
+
+
+def test_unknown_http_key() -> None:
+    err = one_error(http_doc(port=80))
+    assert err == "http.port: unknown key (allowed: listen, max_exports, tokens)"
+
+
+def test_all_token_errors_collected() -> None:
+    errs = errors_of(http_doc(listen="h:0", max_exports=0, tokens=[{"name": "a b"}, token(clips="x")]))
+    assert [e.split(":")[0] for e in errs] == ["http.listen", "http.max_exports", "http.tokens[0].name",
+                                              "http.tokens[0]", "http.tokens[1].clips"]
+
+
+# --------------------------------------------------------------------------- http: token_file problems
+
+SECRET_CONTENT = "Sup3r-secret-token-content-1234"
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    (b"", "is empty"),
+    (b"  \n\t\n", "is empty"),
+    (SECRET_CONTENT.encode() + b" second-word", "printable ASCII characters without spaces"),
+    (SECRET_CONTENT.encode() + b"\x00", "printable ASCII characters without spaces"),
+    ("Sup3r-sécret-token".encode(), "printable ASCII characters without spaces"),
+    (b"\xff\xfe" + SECRET_CONTENT.encode(), "printable ASCII characters without spaces"),
+    (SECRET_CONTENT.encode() * 200, "is larger than 4096 bytes"),
+])
+def test_token_file_bad_content(tmp_path: Path, content: bytes, needle: str) -> None:
+    f = tmp_path / "tok"
+    f.write_bytes(content)
+    err = one_error(http_doc(tokens=[{"name": "ops", "token_file": str(f)}]))
+    assert err.startswith(f"http.tokens[0].token_file: {str(f)!r} ") and needle in err, err
+    assert "Sup3r" not in err and "second-word" not in err
+
+
+def test_token_file_unreadable(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    err = one_error(http_doc(tokens=[{"name": "ops", "token_file": str(missing)}]))
+    assert err == f"http.tokens[0].token_file: cannot read {str(missing)!r}: No such file or directory"
+    err = one_error(http_doc(tokens=[{"name": "ops", "token_file": str(tmp_path)}]))
+    assert err == f"http.tokens[0].token_file: {str(tmp_path)!r} is not a regular file"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_token_file_permission_denied(tmp_path: Path) -> None:
+    f = tmp_path / "tok"
+    f.write_text(SECRET_CONTENT)
+    f.chmod(0)
+    err = one_error(http_doc(tokens=[{"name": "ops", "token_file": str(f)}]))
+    assert err == f"http.tokens[0].token_file: cannot read {str(f)!r}: Permission denied"
+
+
+def test_token_file_fifo_does_not_block(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    err = one_error(http_doc(tokens=[{"name": "ops", "token_file": str(fifo)}]))
+    assert err == f"http.tokens[0].token_file: {str(fifo)!r} is not a regular file"
+
+
+@pytest.mark.parametrize(("value", "needle"), [
+    ("relative/tok", "must be an absolute path, got 'relative/tok'"),
+    ("", "must not be empty"),
+    (7, "must be a string, got an integer"),
+])
+def test_token_file_path_errors(value: Any, needle: str) -> None:
+    err = one_error(http_doc(tokens=[{"name": "ops", "token_file": value}]))
+    assert err.startswith("http.tokens[0].token_file: ") and needle in err, err
+
+
+def test_token_file_symlink_is_followed(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.write_text("linked-token-0123456789\n")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    (tok,) = parse_config(http_doc(tokens=[{"name": "ops", "token_file": str(link)}])).http.tokens
+    assert tok.sha256 == hashlib.sha256(b"linked-token-0123456789").hexdigest()

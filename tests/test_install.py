@@ -115,7 +115,7 @@ def test_first_install_leaves_a_complete_tree_and_starts_nothing(
     # the package is installed (not linked to the checkout) and importable with its dependencies
     check = subprocess.run(
         [str(venv / "bin/python"), "-c",
-         "import recorderd, recorderd.httpserver, recorderd.systemd, uvloop, asyncpg, structlog; "
+         "import recorderd, recorderd.api.app, recorderd.systemd, uvloop, aiohttp, asyncpg, structlog; "
          "print(recorderd.__file__)"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert check.returncode == 0, check.stderr

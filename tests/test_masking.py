@@ -22,6 +22,7 @@ from recorderd.masking import MASK, mask_text, mask_url, secrets_of
     ("rtsp://10.0.0.5/x?password=hunter2&channel=1", "rtsp://10.0.0.5/x?password=***&channel=1"),
     ("http://h/snap.cgi?usr=a&pwd=hunter2", "http://h/snap.cgi?usr=a&pwd=***"),
     ("http://h/live?token=abc.def-ghi&x=1", "http://h/live?token=***&x=1"),
+    ("/api/v1/media/7.mp4?exp=1&p=ops&sig=c2lnbmF0dXJl", "/api/v1/media/7.mp4?exp=1&p=ops&sig=***"),
     ("http://h/live?PassWord=Hunter2", "http://h/live?PassWord=***"),
     ("http://h/live?auth=1&key=k&secret=s&pass=p&passwd=q",
      "http://h/live?auth=***&key=***&secret=***&pass=***&passwd=***"),

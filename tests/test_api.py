@@ -1,0 +1,258 @@
+"""The footage API over real HTTP: one daemon per module recording two tenants' cameras from a real
+RTSP camera into a real PostgreSQL, read by a real client (stdlib http.client in a thread).
+
+Every endpoint is checked for tenant isolation (another tenant's camera is 404, like one that does
+not exist), for 401 without or with a wrong token, and for what it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import asyncpg
+import pytest
+import yaml
+from fixtures_cam import TestCam, free_port
+from util import DaemonProc, camera_doc, config_doc, wait_until
+
+pytestmark = pytest.mark.integration
+
+TOKENS = {"t1": "tok-tenant-one-" + "a" * 24, "t2": "tok-tenant-two-" + "b" * 24, "ops": "tok-ops-" + "c" * 32}
+
+
+class Api:
+    def __init__(self, port: int, daemon: DaemonProc, dsn: str, root: Path) -> None:
+        self.port, self.daemon, self.dsn, self.root = port, daemon, dsn, root
+
+    def call(self, path: str, token: str | None = "t1", method: str = "GET",
+             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            h = dict(headers or {})
+            if token is not None:
+                h["Authorization"] = f"Bearer {TOKENS.get(token, token)}"
+            conn.request(method, path, headers=h)
+            r = conn.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        finally:
+            conn.close()
+
+    def json(self, path: str, token: str | None = "t1") -> tuple[int, Any]:
+        status, _, body = self.call(path, token)
+        return status, json.loads(body) if body else None
+
+
+@pytest.fixture(scope="module")
+def api_cams() -> Iterator[tuple[TestCam, TestCam]]:
+    # one camera each: two clients DESCRIBing one gst-rtsp-server mount at the same instant can get a
+    # 503 that backs the second off for half a minute
+    cams = (TestCam(fps=10, gop=10), TestCam(fps=10, gop=10))
+    for cam in cams:
+        cam.start()
+    yield cams
+    for cam in cams:
+        cam.stop()
+
+
+@pytest.fixture(scope="module")
+def api(api_cams: tuple[TestCam, TestCam], pg_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    tmp = tmp_path_factory.mktemp("api")
+    dsn = pg_cluster.create_database("api_" + uuid.uuid4().hex[:8])
+    port = free_port()
+    root = tmp / "rec"
+    tokens = [{"name": name, "sha256": hashlib.sha256(tok.encode()).hexdigest(),
+               **({"tenants": [name]} if name != "ops" else {}), "clips": name != "t2"}
+              for name, tok in TOKENS.items()]
+    doc = config_doc(root, [camera_doc("cam-a", api_cams[0].url, tenant="t1"),
+                            camera_doc("cam-b", api_cams[1].url, tenant="t2"),
+                            camera_doc("cam-off", api_cams[0].url, tenant="t1", enabled=False)],
+                     database={"dsn": dsn}, http={"listen": f"127.0.0.1:{port}", "tokens": tokens})
+    doc.pop("metrics")
+    cfg = tmp / "cameras.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    d = DaemonProc(cfg, root, tmp / "daemon.log").start()
+    a = Api(port, d, dsn, root)
+    try:
+        async def enough() -> bool:
+            try:
+                conn = await asyncpg.connect(dsn)
+            except (OSError, asyncpg.PostgresError):
+                return False
+            try:
+                n = await conn.fetchval("SELECT count(*) FROM segments WHERE camera_id = 'cam-a'")
+                return bool(n >= 4)
+            except asyncpg.UndefinedTableError:
+                return False
+            finally:
+                await conn.close()
+
+        async def ready() -> None:
+            deadline = time.monotonic() + 60
+            while not await enough():
+                assert time.monotonic() < deadline, "cam-a has no 4 indexed segments after 60 s"
+                await asyncio.sleep(0.5)
+            await wait_until(lambda: a.call("/healthz", None)[0] in (200, 503), 10, what="listener up")
+
+        asyncio.run(ready())
+        yield a
+    finally:
+        d.stop()
+    log = d.log_path.read_text()
+    for tok in TOKENS.values():
+        assert tok not in log  # tokens never appear in logs
+
+
+# --------------------------------------------------------------------------- access
+
+
+async def test_every_api_path_needs_a_valid_token_but_metrics_and_healthz_do_not(api: Api) -> None:
+    paths = ["/api/v1/cameras", "/api/v1/cameras/cam-a", "/api/v1/cameras/cam-a/recordings",
+             "/api/v1/cameras/cam-a/days", "/api/v1/cameras/cam-a/timeline?from=2026-01-01&to=2026-01-02",
+             "/api/v1/media/1.mp4"]
+    for path in paths:
+        for token in (None, "wrong-token", ""):
+            status, headers, body = await asyncio.to_thread(api.call, path, token)
+            assert status == 401, (path, token, status)
+            assert json.loads(body)["error"] == "unauthorized"
+            assert headers["www-authenticate"].startswith("Bearer")
+    assert (await asyncio.to_thread(api.call, "/metrics", None))[0] == 200
+    assert (await asyncio.to_thread(api.call, "/healthz", None))[0] in (200, 503)
+
+
+async def test_a_tenant_sees_only_its_cameras_and_others_are_404(api: Api) -> None:
+    status, doc = await asyncio.to_thread(api.json, "/api/v1/cameras", "t1")
+    assert status == 200 and sorted(c["camera_id"] for c in doc["cameras"]) == ["cam-a", "cam-off"]
+    status, doc = await asyncio.to_thread(api.json, "/api/v1/cameras", "ops")
+    assert sorted(c["camera_id"] for c in doc["cameras"]) == ["cam-a", "cam-b", "cam-off"]
+    for suffix in ("", "/recordings", "/days", "/timeline?from=2026-01-01&to=2026-01-02"):
+        hidden = await asyncio.to_thread(api.json, f"/api/v1/cameras/cam-b{suffix}", "t1")
+        missing = await asyncio.to_thread(api.json, f"/api/v1/cameras/nope{suffix}", "t1")
+        assert hidden == missing == (404, {"error": "not_found", "detail": "no such camera"}), suffix
+    # another tenant's segment by id: the same 404 as an id that does not exist
+    conn = await asyncpg.connect(api.dsn)
+    try:
+        b_id = await conn.fetchval("SELECT min(id) FROM segments WHERE camera_id = 'cam-b'")
+    finally:
+        await conn.close()
+    assert (await asyncio.to_thread(api.call, f"/api/v1/media/{b_id}.mp4", "t1"))[0] == 404
+    assert (await asyncio.to_thread(api.call, f"/api/v1/media/{b_id}.mp4", "t2"))[0] == 200
+    assert (await asyncio.to_thread(api.call, "/api/v1/media/999999999.mp4", "t1"))[0] == 404
+
+
+# --------------------------------------------------------------------------- cameras
+
+
+async def test_camera_shows_status_plan_days_and_clips(api: Api) -> None:
+    status, cam = await asyncio.to_thread(api.json, "/api/v1/cameras/cam-a", "t1")
+    assert status == 200
+    assert cam["state"] == "recording" and cam["is_recording"] is True
+    assert cam["plan"] == "basic" and cam["retention_days"] == 7 and cam["tenant"] == "t1"
+    assert cam["days_available"] >= 1 and cam["newest"] and cam["last_segment_end"]
+    assert cam["clips_used"] == 0 and cam["clips_limit"] == 10
+    assert cam["days_remaining"] is None or 6 < cam["days_remaining"] <= 7
+    status, off = await asyncio.to_thread(api.json, "/api/v1/cameras/cam-off", "t1")
+    assert off["state"] == "disabled" and off["days_available"] == 0 and off["newest"] is None
+
+
+async def test_recordings_are_paged_with_a_cursor_and_signed_urls(api: Api) -> None:
+    status, first = await asyncio.to_thread(api.json, "/api/v1/cameras/cam-a/recordings?limit=2", "t1")
+    assert status == 200 and len(first["recordings"]) == 2 and first["next_cursor"]
+    r0 = first["recordings"][0]
+    assert set(r0) == {"recording_id", "camera_id", "start", "end", "duration_seconds", "size_bytes", "url"}
+    status, second = await asyncio.to_thread(
+        api.json, f"/api/v1/cameras/cam-a/recordings?limit=2&cursor={first['next_cursor']}", "t1")
+    ids = [r["recording_id"] for r in first["recordings"] + second["recordings"]]
+    assert len(set(ids)) == 4 and second["recordings"][0]["start"] >= first["recordings"][1]["start"]
+    # the signed URL needs no header, and only for that very path
+    status, headers, body = await asyncio.to_thread(api.call, r0["url"], None)
+    assert status == 200 and headers["content-type"] == "video/mp4" and len(body) == r0["size_bytes"]
+    assert body[4:8] == b"ftyp"
+    other = r0["url"].replace(f"/{r0['recording_id']}.mp4", f"/{ids[1]}.mp4")
+    assert (await asyncio.to_thread(api.call, other, None))[0] == 401
+    tampered = r0["url"][:-2] + ("AA" if not r0["url"].endswith("AA") else "BB")
+    assert (await asyncio.to_thread(api.call, tampered, None))[0] == 401
+
+
+async def test_media_range_requests_return_exactly_those_bytes(api: Api) -> None:
+    _, page = await asyncio.to_thread(api.json, "/api/v1/cameras/cam-a/recordings?limit=1", "t1")
+    rec = page["recordings"][0]
+    path = f"/api/v1/media/{rec['recording_id']}.mp4"
+    _, _, whole = await asyncio.to_thread(api.call, path, "t1")
+    status, headers, part = await asyncio.to_thread(api.call, path, "t1", "GET", {"Range": "bytes=100-1099"})
+    assert status == 206 and part == whole[100:1100]
+    assert headers["content-range"] == f"bytes 100-1099/{len(whole)}"
+    status, headers, tail = await asyncio.to_thread(api.call, path, "t1", "GET", {"Range": "bytes=-50"})
+    assert status == 206 and tail == whole[-50:]
+    status, headers, body = await asyncio.to_thread(api.call, path, "t1", "HEAD")
+    assert status == 200 and body == b"" and int(headers["content-length"]) == len(whole)
+    assert headers.get("accept-ranges") == "bytes"
+    status, _, _ = await asyncio.to_thread(api.call, path, "t1", "GET", {"Range": f"bytes={len(whole) + 10}-"})
+    assert status == 416
+
+
+async def test_days_and_timeline(api: Api) -> None:
+    status, doc = await asyncio.to_thread(api.json, "/api/v1/cameras/cam-a/days", "t1")
+    assert status == 200 and doc["retention_days"] == 7
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    day = [d for d in doc["days"] if d["date"] == today] or doc["days"][-1:]
+    assert day and day[0]["seconds_recorded"] > 4 and day[0]["expires_at"] > day[0]["last"]
+    lo = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+    hi = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60))
+    status, tl = await asyncio.to_thread(api.json, f"/api/v1/cameras/cam-a/timeline?from={lo}&to={hi}", "t1")
+    assert status == 200 and tl["runs"] and tl["recorded_seconds"] > 4
+    assert tl["gaps"] and tl["gaps"][0]["start"] == tl["from"]  # nothing recorded an hour ago
+    for gap, run in zip(tl["gaps"], tl["runs"], strict=False):
+        assert gap["end"] <= run["start"]
+
+
+@pytest.mark.parametrize(("query", "param"), [
+    ("from=yesterday&to=2026-01-02", "from"), ("from=2026-01-02&to=2026-01-01", "to"),
+    ("to=2026-01-02", "from"), ("from=2026-01-01T00:00:00Z&to=2026-13-01", "to")])
+async def test_a_bad_period_is_a_400_naming_the_parameter(api: Api, query: str, param: str) -> None:
+    status, doc = await asyncio.to_thread(api.json, f"/api/v1/cameras/cam-a/timeline?{query}", "t1")
+    assert status == 400 and doc["error"] == "bad_request" and doc["detail"].startswith(param + ":")
+
+
+async def test_bad_paging_parameters(api: Api) -> None:
+    for q in ("limit=0", "limit=x", "limit=100000", "cursor=%%%", "cursor=bm90LWEtY3Vyc29y"):
+        status, doc = await asyncio.to_thread(api.json, f"/api/v1/cameras/cam-a/recordings?{q}", "t1")
+        assert status == 400 and doc["error"] == "bad_request", q
+
+
+# --------------------------------------------------------------------------- path tricks
+
+
+async def test_path_tricks_reach_nothing(api: Api, tmp_path: Path) -> None:
+    for path in ("/api/v1/media/..%2F..%2Fetc%2Fpasswd", "/api/v1/media/%2e%2e/x.mp4",
+                 "/api/v1/media/1.mp4/../../../etc/passwd", "/api/v1/cameras/..%2Fcam-b",
+                 "/api/v1/cameras/" + quote("../cam-b", safe="")):
+        status, _, body = await asyncio.to_thread(api.call, path, "ops")
+        assert status == 404, path
+        assert b"root:" not in body
+    # a segment row whose file became a symlink to a file outside the root is never served
+    secret = tmp_path / "secret.mp4"
+    secret.write_bytes(b"not footage")
+    conn = await asyncpg.connect(api.dsn)
+    try:
+        row = await conn.fetchrow("SELECT id, path FROM segments WHERE camera_id = 'cam-a' ORDER BY id LIMIT 1")
+        link = Path(row["path"]).with_name("00-00-00.mp4")
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(secret, link)
+        link_id = await conn.fetchval(
+            "INSERT INTO segments (camera_id, start_time, end_time, duration_seconds, size_bytes, path, source,"
+            " source_rank) VALUES ('cam-a', '2000-01-01', '2000-01-01 00:00:02', 2, 11, $1, 'watch', 0) RETURNING id",
+            str(link))
+    finally:
+        await conn.close()
+    status, _, body = await asyncio.to_thread(api.call, f"/api/v1/media/{link_id}.mp4", "ops")
+    assert status == 404 and b"not footage" not in body
