@@ -256,3 +256,40 @@ async def test_path_tricks_reach_nothing(api: Api, tmp_path: Path) -> None:
         await conn.close()
     status, _, body = await asyncio.to_thread(api.call, f"/api/v1/media/{link_id}.mp4", "ops")
     assert status == 404 and b"not footage" not in body
+
+
+# --------------------------------------------------------------------------- playback
+
+
+async def test_ffmpeg_plays_the_hls_playlist_over_http(api: Api) -> None:
+    """A real client (FFmpeg's HLS reader) fetches the playlist with the token, then every media byte
+    range by its signed URL, and decodes the whole period."""
+    conn = await asyncpg.connect(api.dsn)
+    try:
+        rows = await conn.fetch("SELECT extract(epoch FROM start_time) AS s, extract(epoch FROM end_time) AS e"
+                                " FROM segments WHERE camera_id = 'cam-a' AND start_time > now() - interval '1 hour'"
+                                " ORDER BY start_time LIMIT 4")  # not the symlink row of the path test
+    finally:
+        await conn.close()
+    lo, hi = float(rows[0]["s"]), float(rows[-1]["e"])
+    q = f"from={time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(lo))}.{int(lo % 1 * 1000):03d}Z" \
+        f"&to={time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(hi))}.{int(hi % 1 * 1000):03d}Z"
+    status, headers, body = await asyncio.to_thread(api.call, f"/api/v1/cameras/cam-a/playlist.m3u8?{q}", "t1")
+    assert status == 200 and headers["content-type"].startswith("application/vnd.apple.mpegurl"), body
+    text = body.decode()
+    assert text.startswith("#EXTM3U") and "#EXT-X-MAP:" in text and "#EXT-X-ENDLIST" in text
+    assert "#EXT-X-PROGRAM-DATE-TIME:" in text and "#EXT-X-BYTERANGE:" in text
+    url = f"http://127.0.0.1:{api.port}/api/v1/cameras/cam-a/playlist.m3u8?{q}"
+    probe = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-v", "error", "-headers", f"Authorization: Bearer {TOKENS['t1']}\r\n", "-i", url,
+        "-map", "0:v", "-f", "framemd5", "-", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(probe.communicate(), 60)
+    assert probe.returncode == 0, err.decode()[-2000:]
+    frames = sum(1 for line in out.decode().splitlines() if line and not line.startswith("#"))
+    # 10 fps; FFmpeg's HLS reader drops up to one GOP (1 s) at each file boundary (tfdt restarts)
+    assert (hi - lo) * 10 - 10 * len(rows) - 2 <= frames <= (hi - lo) * 10 + 2, (frames, hi - lo)
+    # another tenant's camera is no playlist either
+    hidden = await asyncio.to_thread(api.json, f"/api/v1/cameras/cam-b/playlist.m3u8?{q}", "t1")
+    assert hidden[0] == 404
+    bad = await asyncio.to_thread(api.json, "/api/v1/cameras/cam-a/playlist.m3u8?from=2026-01-02&to=2026-01-01", "t1")
+    assert bad[0] == 400 and bad[1]["detail"].startswith("to:")

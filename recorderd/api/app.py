@@ -118,9 +118,10 @@ class HttpServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         if self.services is not None:
-            from recorderd.api import cameras
+            from recorderd.api import cameras, playback
 
             cameras.add_routes(app, self.services, self.signer)
+            playback.add_routes(app, self.services, self.signer)
         return app
 
     @web.middleware
