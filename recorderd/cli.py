@@ -50,6 +50,39 @@ def _parser() -> argparse.ArgumentParser:
     sg.add_argument("--days", type=int, default=7, metavar="N",
                     help="full UTC days behind the bytes-per-day average (default: %(default)s)")
     sg.add_argument("--camera", metavar="ID", help="only this camera, with its bytes per UTC day")
+    ex = with_config("export", "cut a camera's period into one MP4 (stream copy: no re-encoding)")
+    ex.add_argument("--camera", required=True, help="camera id")
+    ex.add_argument("--from", dest="from_", required=True, metavar="ISO8601", help="period start (UTC unless "
+                    "an offset is given); the file starts at the keyframe at or before it")
+    ex.add_argument("--to", required=True, metavar="ISO8601", help="period end (a bare date means the end of that day)")
+    ex.add_argument("-o", "--output", required=True, type=Path, metavar="FILE", help="MP4 to write (must not exist)")
+    ex.add_argument("--ffmpeg", default="ffmpeg", help="FFmpeg binary (default: %(default)s)")
+
+    cl = sub.add_parser("clip", help="saved clips: create, list, rename, delete",
+                        description="saved clips: periods cut into <root>/clips/, kept until deleted")
+    clsub = cl.add_subparsers(dest="clip_command", required=True, metavar="ACTION")
+
+    def clip_action(name: str, help: str) -> argparse.ArgumentParser:
+        sp = clsub.add_parser(name, help=help, description=help)
+        sp.add_argument("--config", "-c", type=Path, default=Path("/etc/recorderd/cameras.yaml"),
+                        help="path to cameras.yaml (default: %(default)s)")
+        return sp
+
+    cc = clip_action("create", "cut a camera's period into a new clip (counts against the plan's max_clips)")
+    cc.add_argument("--camera", required=True, help="camera id")
+    cc.add_argument("--from", dest="from_", required=True, metavar="ISO8601", help="clip start")
+    cc.add_argument("--to", required=True, metavar="ISO8601", help="clip end (at most 24 h after the start)")
+    cc.add_argument("--name", required=True, help="1-200 characters")
+    cc.add_argument("--json", action="store_true")
+    cc.add_argument("--ffmpeg", default="ffmpeg", help="FFmpeg binary (default: %(default)s)")
+    cls = clip_action("list", "list saved clips")
+    cls.add_argument("--camera", metavar="ID", help="only this camera's clips")
+    cls.add_argument("--json", action="store_true")
+    cd = clip_action("delete", "delete a clip and its file")
+    cd.add_argument("id", type=int, help="clip id (recorderd clip list)")
+    cr = clip_action("rename", "rename a clip")
+    cr.add_argument("id", type=int, help="clip id (recorderd clip list)")
+    cr.add_argument("name", help="the new name, 1-200 characters")
     return p
 
 
@@ -122,6 +155,23 @@ def _dispatch(args: argparse.Namespace) -> int:
         coro = report.cmd_status(cfg, args.json, out)
     elif cmd == "storage":
         coro = report.cmd_storage(cfg, args.json, out, days=args.days, camera=args.camera)
+    elif cmd == "export":
+        from recorderd.export import cmd_export
+
+        coro = cmd_export(cfg, args.camera, args.from_, args.to, args.output, out, ffmpeg_bin=args.ffmpeg)
+    elif cmd == "clip":
+        from recorderd import clips
+
+        action: str = args.clip_command
+        if action == "create":
+            coro = clips.cmd_clip_create(cfg, args.camera, args.from_, args.to, args.name, args.json, out,
+                                         ffmpeg_bin=args.ffmpeg)
+        elif action == "list":
+            coro = clips.cmd_clip_list(cfg, args.camera, args.json, out)
+        elif action == "delete":
+            coro = clips.cmd_clip_delete(cfg, args.id, out)
+        else:
+            coro = clips.cmd_clip_rename(cfg, args.id, args.name, out)
     else:  # pragma: no cover - argparse guards this
         raise AssertionError(cmd)
     return int(asyncio.run(coro))

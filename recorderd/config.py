@@ -36,6 +36,7 @@ SHORT_TOKEN_CHARS = 16  # a token_file token shorter than this gets a warning: g
 # The largest drain budget accepted; systemd/recorderd.service's TimeoutStopSec leaves room for it plus
 # the daemon's backstop (tests/test_systemd.py ties the two).
 SHUTDOWN_MAX_SECONDS = 60
+RESERVED_CAMERA_IDS = frozenset({"clips"})  # directories under the root that are not cameras
 
 
 class ConfigError(Exception):
@@ -600,6 +601,9 @@ def parse_config(data: Any, source: str = "") -> Config:
             if not isinstance(cam_id, str) or not CAMERA_ID_RE.match(cam_id):
                 errs.add(f"{p}.id", f"{cam_id!r} is not a safe id: use 1-64 of A-Z a-z 0-9 _ - "
                          "(it names a directory)")
+                cam_id = None
+            elif cam_id in RESERVED_CAMERA_IDS:
+                errs.add(f"{p}.id", f"{cam_id!r} is reserved: <root>/{cam_id}/ holds saved clips")
                 cam_id = None
             elif cam_id in seen:
                 errs.add(f"{p}.id", f"duplicate id {cam_id!r} (also cameras[{seen[cam_id]}])")

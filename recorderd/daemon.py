@@ -79,6 +79,7 @@ class Daemon:
                                storage_gate=self.volume.reason, volume_marker=MARKER_REL,
                                index_never_reached=self.volume.index_never_reached)
         self.http: HttpServer | None = None
+        self._once: asyncio.Task[None] | None = None  # one-off start-up work (not a core task)
 
     # ------------------------------------------------------------------ cameras
 
@@ -271,6 +272,14 @@ class Daemon:
                 sup.kill_now()
             os._exit(130)
 
+    async def _recover_clips(self) -> None:
+        """Once the index is up: finish clip creations and deletions a crash interrupted."""
+        from recorderd import clips
+
+        await self.db.wait_up()
+        with contextlib.suppress(Exception):  # logged by recover; retried by the next create
+            await clips.recover(self.db, self.config.storage.root)
+
     def _core(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         self.core_tasks.append(asyncio.create_task(coro, name=name))
 
@@ -290,6 +299,7 @@ class Daemon:
         self._core(self.poller.run(), "progress")
         self._core(self.volume.run(), "volume")
         self._core(self.indexer.run(), "indexer")
+        self._once = asyncio.create_task(self._recover_clips(), name="clips-recover")
         await self._volume_grace()
         for cam in cfg.cameras:  # a disabled camera gets an idle supervisor: status shows it
             self._start_camera(cam)
@@ -349,9 +359,10 @@ class Daemon:
             await asyncio.wait_for(self.indexer.close(max(0.2, left - 1.0)), max(0.5, left))
         except Exception as exc:
             log.error("indexer_close_failed", error=repr(exc), pending=self.indexer.pending_count)
-        for task in self.core_tasks:
+        once = [self._once] if self._once is not None else []
+        for task in [*once, *self.core_tasks]:
             task.cancel()
-        await asyncio.gather(*self.core_tasks, return_exceptions=True)
+        await asyncio.gather(*once, *self.core_tasks, return_exceptions=True)
         if self.http is not None:
             await self.http.close()
         try:

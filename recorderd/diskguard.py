@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from recorderd.atomicfile import write_atomic
 from recorderd.config import CAMERA_ID_RE, Config, StorageConfig
 from recorderd.health import disk_floor_bytes
-from recorderd.layout import DAY_RE, FILE_RE, STATE_DIR, parse_segment_path
+from recorderd.layout import DAY_RE, FILE_RE, RESERVED_NAMES, STATE_DIR, is_camera_dir_name, parse_segment_path
 from recorderd.logging import get_logger
 from recorderd.metrics import DISK_FLOOR, DISK_FREE, DISK_TOTAL, DISK_USED_RATIO, STORAGE_READ_ONLY
 
@@ -233,6 +233,8 @@ def _relative_parts(roots: Sequence[tuple[str, ...]], camera_id: str, path: str)
     """The parts of ``path`` below the root; raise _Refused unless it lies inside the camera dir."""
     if not CAMERA_ID_RE.match(camera_id):
         raise _Refused("unsafe camera id")
+    if camera_id in RESERVED_NAMES:  # <root>/clips holds saved clips: never footage to delete
+        raise _Refused("reserved directory")
     if "\x00" in path or not os.path.isabs(path):
         raise _Refused("not an absolute path")
     parts = Path(path).parts
@@ -384,10 +386,11 @@ def remove_empty_day_dirs(root: Path, now: float, *, marker: str | None = None) 
 
 
 def _camera_names(root: Path) -> list[str]:
+    """Camera directories under the root: never ``.recorderd`` or ``clips`` (saved clips are not footage)."""
     try:
         with os.scandir(root) as it:
             return sorted(e.name for e in it
-                          if CAMERA_ID_RE.match(e.name) and e.is_dir(follow_symlinks=False))
+                          if is_camera_dir_name(e.name) and e.is_dir(follow_symlinks=False))
     except OSError:
         return []
 

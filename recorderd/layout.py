@@ -10,7 +10,7 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-from recorderd.config import CAMERA_ID_RE
+from recorderd.config import CAMERA_ID_RE, RESERVED_CAMERA_IDS
 
 DAY_RE = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})\Z")
 # ``HH-MM-SS.mp4``; ``HH-MM-SS_<tag>.mp4`` when the clock stepped back and the plain name may exist
@@ -22,6 +22,20 @@ def ffmpeg_pattern(tag: str | None = None) -> str:
     """FFmpeg's output pattern; a ``tag`` keeps names unique when the wall clock repeats itself."""
     return FFMPEG_PATTERN if not tag else f"%Y-%m-%d/%H-%M-%S_{tag}.mp4"
 STATE_DIR = ".recorderd"  # under the root; camera ids cannot start with '.'
+# ``<root>/clips/<camera_id>/<id>.mp4``: saved clips, never footage. The config reserves the name as a
+# camera id, and every scan of segment files (retention, the floor, reconcile, the watcher) skips it.
+CLIPS_DIR = "clips"
+RESERVED_NAMES = RESERVED_CAMERA_IDS  # directories under the root that are not cameras
+assert CLIPS_DIR in RESERVED_NAMES
+
+
+def is_camera_dir_name(name: str) -> bool:
+    """A directory directly under the root that may hold a camera's segments."""
+    return bool(CAMERA_ID_RE.match(name)) and name not in RESERVED_NAMES
+
+
+def clips_dir(root: Path, camera_id: str | None = None) -> Path:
+    return root / CLIPS_DIR if camera_id is None else root / CLIPS_DIR / camera_id
 
 
 def camera_dir(root: Path, camera_id: str) -> Path:
@@ -44,7 +58,7 @@ def parse_segment_path(root: Path, path: str | Path) -> tuple[str, float] | None
     except ValueError:
         return None
     parts = rel.parts
-    if len(parts) != 3 or not CAMERA_ID_RE.match(parts[0]):
+    if len(parts) != 3 or not is_camera_dir_name(parts[0]):
         return None
     d, f = DAY_RE.match(parts[1]), FILE_RE.match(parts[2])
     if not d or not f:

@@ -121,3 +121,82 @@ ORDER BY 1, 2
 """
 
 CAMERAS = "SELECT id, name, tenant, plan, retention_days, max_bytes, enabled, in_config FROM cameras"
+
+# --------------------------------------------------------------------------- clips (recorderd/clips.py)
+# Only status 'ready' rows are clips; 'pending' (being cut, until pending_until) and 'deleting' are
+# steps of creating and deleting one (see the module docstring of recorderd.clips).
+
+_CLIP_COLUMNS = "id, camera_id, name, start_time, end_time, path, size_bytes, created_at, created_by"
+# a clip's camera is of one of the tenants $N (NULL: no restriction), by the cameras table
+_CLIP_TENANT = ("(${n}::text[] IS NULL"
+                " OR EXISTS (SELECT 1 FROM cameras k WHERE k.id = clips.camera_id AND k.tenant = ANY(${n})))")
+
+# held until the reserving transaction ends: count and insert of one camera's clips are one step
+CLIP_LOCK = "SELECT pg_advisory_xact_lock(hashtext('clips:' || $1))"
+
+# what counts against the plan's max_clips: ready clips and live reservations
+CLIP_COUNT = """
+SELECT count(*) FROM clips
+WHERE camera_id = $1 AND (status = 'ready' OR (status = 'pending' AND pending_until > now()))
+"""
+
+# $3 the camera's clips directory; $5 seconds until a reservation is dead (the cut's timeout + margin)
+CLIP_RESERVE = """
+INSERT INTO clips (id, camera_id, name, path, created_by, status, pending_until)
+SELECT n.id, $1, $2, $3 || '/' || n.id || '.mp4', $4, 'pending', now() + make_interval(secs => $5::float8)
+FROM (SELECT nextval(pg_get_serial_sequence('clips', 'id')) AS id) n
+RETURNING id, path
+"""
+
+CLIP_FINISH = f"""
+UPDATE clips SET status = 'ready', pending_until = NULL, start_time = $2, end_time = $3, size_bytes = $4
+WHERE id = $1 AND status = 'pending'
+RETURNING {_CLIP_COLUMNS}
+"""
+
+# a failed create takes its reservation back (NULL: it finished after all, or is gone)
+CLIP_ABANDON = """
+UPDATE clips SET status = 'deleting' WHERE id = $1 AND status IN ('pending', 'deleting') RETURNING status
+"""
+
+# reservations past their deadline: their creator died; $1 one camera or NULL for all
+CLIP_CLAIM_STALE = """
+UPDATE clips SET status = 'deleting'
+WHERE status = 'pending' AND pending_until < now() AND ($1::text IS NULL OR camera_id = $1)
+"""
+
+CLIP_DELETING = """
+SELECT id, camera_id FROM clips WHERE status = 'deleting' AND ($1::text IS NULL OR camera_id = $1) ORDER BY id
+"""
+
+CLIP_DROP = "DELETE FROM clips WHERE id = ANY($1::bigint[]) AND status = 'deleting'"
+
+CLIP_PENDING_IDS = "SELECT id FROM clips WHERE status = 'pending'"
+
+CLIP_MARK_DELETE = f"""
+UPDATE clips SET status = 'deleting' WHERE id = $1 AND status = 'ready' AND {_CLIP_TENANT.format(n=2)}
+RETURNING {_CLIP_COLUMNS}
+"""
+
+CLIP_UNMARK = "UPDATE clips SET status = 'ready' WHERE id = $1 AND status = 'deleting'"
+
+CLIP_GET = f"""
+SELECT {_CLIP_COLUMNS} FROM clips WHERE id = $1 AND status = 'ready' AND {_CLIP_TENANT.format(n=2)}
+"""
+
+CLIP_LIST = f"""
+SELECT {_CLIP_COLUMNS} FROM clips
+WHERE status = 'ready' AND ($1::text IS NULL OR camera_id = $1) AND {_CLIP_TENANT.format(n=2)}
+ORDER BY camera_id, id
+"""
+
+CLIP_RENAME = f"""
+UPDATE clips SET name = $2 WHERE id = $1 AND status = 'ready' AND {_CLIP_TENANT.format(n=3)}
+RETURNING {_CLIP_COLUMNS}
+"""
+
+# ``recorderd storage``: ready clips per camera
+CLIP_TOTALS = """
+SELECT camera_id, count(*) AS clips, coalesce(sum(size_bytes), 0)::bigint AS clip_bytes
+FROM clips WHERE status = 'ready' GROUP BY camera_id ORDER BY camera_id
+"""

@@ -442,6 +442,8 @@ async def cmd_storage(config: Config, as_json: bool, out: TextIO, err: TextIO | 
         totals = {r["camera_id"]: dict(r.items()) for r in await conn.fetch(queries.CAMERA_TOTALS)}
         ids = [c.id for c in config.cameras] + sorted(set(totals) - {c.id for c in config.cameras})
         per_day: dict[str, dict[date, DayBytes]] = defaultdict(dict)
+        clip_totals = await _clip_totals(conn)
+        ids += sorted(set(clip_totals) - set(ids))  # clips outlive their camera's footage and config
         for r in await conn.fetch(queries.DAILY_BYTES, ids, since):
             per_day[r["camera_id"]][r["day"]] = DayBytes(r["day"], int(r["segments"]), int(r["bytes"]),
                                                          float(r["seconds"]))
@@ -466,6 +468,7 @@ async def cmd_storage(config: Config, as_json: bool, out: TextIO, err: TextIO | 
                      "in_config": cam is not None, "enabled": cam.enabled if cam else False,
                      "segments": int(idx.get("segments", 0)), "bytes": int(idx.get("bytes", 0)),
                      "protected_bytes": int(idx.get("protected_bytes", 0)),
+                     "clips": clip_totals.get(cid, (0, 0))[0], "clip_bytes": clip_totals.get(cid, (0, 0))[1],
                      "oldest": iso(idx.get("oldest")), "newest": iso(idx.get("newest")),
                      "retention_days": cam.retention_days if cam else None,
                      "max_bytes": cam.max_bytes if cam else None,
@@ -492,20 +495,23 @@ async def cmd_storage(config: Config, as_json: bool, out: TextIO, err: TextIO | 
 
     def group(key: str) -> list[dict[str, Any]]:
         acc: dict[str | None, dict[str, Any]] = defaultdict(
-            lambda: {"segments": 0, "bytes": 0, "cameras": 0, "bytes_per_day": 0})
+            lambda: {"segments": 0, "bytes": 0, "cameras": 0, "bytes_per_day": 0, "clips": 0, "clip_bytes": 0})
         for c in cams:
             g = acc[c[key]]
             g["segments"] += c["segments"]
             g["bytes"] += c["bytes"]
+            g["clips"] += c["clips"]
+            g["clip_bytes"] += c["clip_bytes"]
             g["cameras"] += 1
             g["bytes_per_day"] += c["bytes_per_day"] if c["counted"] else 0
         return [{key: k, **v} for k, v in sorted(acc.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))]
 
     tenants, plans = group("tenant"), group("plan")
     total = {"segments": sum(c["segments"] for c in cams), "bytes": sum(c["bytes"] for c in cams)}
+    clip_total = {"clips": sum(c["clips"] for c in cams), "clip_bytes": sum(c["clip_bytes"] for c in cams)}
     shown = [c for c in cams if camera is None or c["camera_id"] == camera]
     if as_json:
-        result = {"cameras": shown, "tenants": tenants, "plans": plans, "total": total,
+        result = {"cameras": shown, "tenants": tenants, "plans": plans, "total": total, "clip_total": clip_total,
                   "window": {"days": days, "from": iso(since), "today": today.isoformat(),
                              "day_boundary": "UTC midnight; a segment counts to the day it starts on",
                              "bytes_per_day": "bytes / recorded seconds over the full days with footage, "
@@ -515,14 +521,15 @@ async def cmd_storage(config: Config, as_json: bool, out: TextIO, err: TextIO | 
         out.write("\n")
         return EXIT_OK
     out.write(render_table(
-        ["CAMERA", "TENANT", "PLAN", "SIZE", "OLDEST (UTC)", "TODAY", "PER DAY", "BASIS", "RETENTION", "KEEPS"],
+        ["CAMERA", "TENANT", "PLAN", "SIZE", "CLIPS", "OLDEST (UTC)", "TODAY", "PER DAY", "BASIS", "RETENTION",
+         "KEEPS"],
         [[c["camera_id"] + ("" if c["in_config"] else " (removed)")
           + (" (disabled)" if c["in_config"] and not c["enabled"] else ""),
-          c["tenant"] or "-", c["plan"] or "-", human_bytes(c["bytes"]),
+          c["tenant"] or "-", c["plan"] or "-", human_bytes(c["bytes"]), _clips_text(c),
           (c["oldest"] or "-")[:16].replace("T", " "), human_bytes(c["today_bytes"]),
           "-" if c["bytes_per_day"] is None else human_bytes(c["bytes_per_day"]), _basis_text(rates[c["camera_id"]]),
           "-" if c["retention_days"] is None else f"{c['retention_days']}d", _keeps_text(c)] for c in shown],
-        right={3, 5, 6, 8, 9}))
+        right={3, 4, 6, 7, 9, 10}))
     if camera is not None:
         out.write(f"\n{camera} per UTC day (a segment counts to the day it starts on):\n" + render_table(
             ["DAY (UTC)", "SEGMENTS", "BYTES", "SIZE", "RECORDED"],
@@ -532,14 +539,30 @@ async def cmd_storage(config: Config, as_json: bool, out: TextIO, err: TextIO | 
     else:
         for key, groups in (("tenant", tenants), ("plan", plans)):
             out.write("\n" + render_table(
-                [key.upper(), "CAMERAS", "SEGMENTS", "SIZE", "PER DAY"],
+                [key.upper(), "CAMERAS", "SEGMENTS", "SIZE", "PER DAY", "CLIPS"],
                 [[g[key] or "-", str(g["cameras"]), str(g["segments"]), human_bytes(g["bytes"]),
-                  human_bytes(g["bytes_per_day"])] for g in groups], right={1, 2, 3, 4}))
-    out.write(f"\ntotal: {total['segments']} segments, {human_bytes(total['bytes'])}\n"
+                  human_bytes(g["bytes_per_day"]), _clips_text(g)] for g in groups], right={1, 2, 3, 4, 5}))
+    out.write(f"\ntotal: {total['segments']} segments, {human_bytes(total['bytes'])}"
+              + (f"; {clip_total['clips']} clip{'s' if clip_total['clips'] != 1 else ''}, "
+                 f"{human_bytes(clip_total['clip_bytes'])} (kept until deleted)" if clip_total["clips"] else "")
+              + "\n"
               f"PER DAY = bytes / recorded seconds x 86400 over the last {days} full UTC days with footage;\n"
               "BASIS = how many such days (and the share of them recorded, when below 95 %)\n")
     _write_capacity(out, capacity, cams, days)
     return EXIT_OK
+
+
+def _clips_text(c: Mapping[str, Any]) -> str:
+    return f"{c['clips']} ({human_bytes(c['clip_bytes'])})" if c["clips"] else "-"
+
+
+async def _clip_totals(conn: asyncpg.Connection) -> dict[str, tuple[int, int]]:
+    """camera -> (ready clips, their bytes); empty before the clips migration ran (an old daemon)."""
+    try:
+        rows = await conn.fetch(queries.CLIP_TOTALS)
+    except asyncpg.UndefinedTableError:
+        return {}
+    return {r["camera_id"]: (int(r["clips"]), int(r["clip_bytes"])) for r in rows}
 
 
 def _day_json(d: DayBytes, today: date) -> dict[str, Any]:
@@ -565,7 +588,8 @@ async def _capacity(config: Config, cams: list[dict[str, Any]], rates: Mapping[s
         return cap
     floor, target = floor_and_target(st, u.total)
     footage = sum(c["bytes"] for c in cams)
-    protected = sum(c["protected_bytes"] for c in cams)  # clips: never deleted, so never room
+    protected = sum(c["protected_bytes"] for c in cams)  # never deleted, so never room
+    clip_bytes = sum(c["clip_bytes"] for c in cams)  # saved clips: in used space, never deleted by a sweep
     # = total - floor - protected - (other files + blocks reserved for root)
     room = footage - protected + u.free - floor
     demands = {cid: (r, plan_days(c["retention_days"], c["max_bytes"], r))
@@ -578,7 +602,8 @@ async def _capacity(config: Config, cams: list[dict[str, Any]], rates: Mapping[s
         "floor_from": ("min_free_bytes" if st.min_free_bytes >= math.ceil(u.total * st.min_free_percent / 100.0)
                        else "min_free_percent"),
         "min_free_percent": st.min_free_percent, "min_free_bytes": st.min_free_bytes,
-        "footage_bytes": footage, "protected_bytes": protected, "other_bytes": max(u.total - u.free - footage, 0),
+        "footage_bytes": footage, "protected_bytes": protected, "clip_bytes": clip_bytes,
+        "other_bytes": max(u.total - u.free - footage - clip_bytes, 0),
         "room_bytes": max(room, 0),
         "days_fit": None if fit is None else round(fit, 2),
         "plans_need_bytes": round(sum(r * d for r, d in demands.values())),
@@ -604,6 +629,7 @@ def _write_capacity(out: TextIO, cap: dict[str, Any], cams: list[dict[str, Any]]
         ["free-space floor", hb(cap["floor_bytes"]), what],
         ["footage (index)", hb(cap["footage_bytes"]),
          f"{hb(cap['protected_bytes'])} of it protected; other files, root-reserved blocks {hb(cap['other_bytes'])}"],
+        ["saved clips", hb(cap["clip_bytes"]), "never deleted by retention or the floor"],
         ["room for footage", hb(cap["room_bytes"]), "footage - protected + free - floor"],
         ["recorded per day", hb(cap["bytes_per_day"]),
          f"{n} enabled camera{'s' if n != 1 else ''}, last {days} full UTC days"],

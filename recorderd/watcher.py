@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from watchfiles import Change, awatch
 
 from recorderd import layout, metrics, mp4, queries
-from recorderd.config import CAMERA_ID_RE
 from recorderd.diskguard import Outcome, unlink_batch
 from recorderd.logging import get_logger
 from recorderd.probe import FoundFile
@@ -60,11 +59,11 @@ class IndexSide(Protocol):
 
 
 def list_camera_dirs(root: Path) -> list[str]:
-    """Camera ids that have a directory under the root (``.recorderd`` and strays ignored)."""
+    """Camera ids that have a directory under the root (``.recorderd``, ``clips`` and strays ignored)."""
     try:
         with os.scandir(root) as it:
             return sorted(e.name for e in it
-                          if CAMERA_ID_RE.match(e.name) and e.is_dir(follow_symlinks=False))
+                          if layout.is_camera_dir_name(e.name) and e.is_dir(follow_symlinks=False))
     except FileNotFoundError:
         return []
 
@@ -379,6 +378,7 @@ class Watcher:
         self._debounce = debounce_ms
         self._candidates: dict[str, float] = {}  # path -> monotonic time of last change
         self._state_prefix = os.path.join(str(root), layout.STATE_DIR) + os.sep
+        self._clips_prefix = os.path.join(str(root), layout.CLIPS_DIR) + os.sep  # saved clips: not footage
         self._scans: set[asyncio.Task[None]] = set()
         self.ready = asyncio.Event()  # set once the OS watch is in place (tests wait on it)
 
@@ -415,7 +415,8 @@ class Watcher:
                 t.cancel()
 
     def _filter(self, change: Change, path: str) -> bool:
-        return change != Change.deleted and not path.startswith(self._state_prefix)
+        return (change != Change.deleted and not path.startswith(self._state_prefix)
+                and not path.startswith(self._clips_prefix) and path != self._clips_prefix[:-1])
 
     def _handle(self, changes: set[tuple[Change, str]]) -> None:
         busy: set[str] | None = None

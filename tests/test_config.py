@@ -1094,3 +1094,9 @@ def test_token_file_symlink_is_followed(tmp_path: Path) -> None:
     link.symlink_to(real)
     (tok,) = parse_config(http_doc(tokens=[{"name": "ops", "token_file": str(link)}])).http.tokens
     assert tok.sha256 == hashlib.sha256(b"linked-token-0123456789").hexdigest()
+
+
+def test_the_clips_directory_is_not_a_camera_id() -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"storage": {"root": "/r"}, "cameras": [{"id": "clips", "url": "rtsp://h/x"}]})
+    assert any(e.startswith("cameras[0].id:") and "reserved" in e for e in exc.value.errors)
