@@ -494,12 +494,11 @@ async def cmd_export(config: Config, camera_id: str, from_s: str, to_s: str, out
         return conn
     try:
         files = await segments_for(conn, camera_id, s, e)
-        if not files and config.camera(camera_id) is None:
-            from recorderd import queries
+        from recorderd.report import unknown_camera
 
-            if not await conn.fetchval(queries.CAMERA_HAS_SEGMENTS, camera_id):
-                known = ", ".join(c.id for c in config.cameras) or "none configured"
-                return cli_fail(err, f"unknown camera {camera_id!r} (configured: {known})")
+        unknown = await unknown_camera(conn, config, camera_id) if not files else None
+        if unknown:
+            return cli_fail(err, unknown)
     except asyncpg.UndefinedTableError:
         return cli_fail(err, "the index has no schema yet: run `recorderd migrate` (or start the daemon)")
     finally:

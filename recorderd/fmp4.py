@@ -16,12 +16,12 @@ the ``moov`` is.
 from __future__ import annotations
 
 import os
-import stat
 import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+from recorderd.mp4 import open_regular
+
 # A moov with empty sample tables (empty_moov) is 1-2 KB; anything near this is not one of ours.
 MAX_MOOV_BYTES = 1 << 20
 # First read at each fragment: a moof of a 1-2 s GOP (video + audio) is 0.3-3 KB. The read grows to
@@ -94,14 +94,11 @@ def scan(path: str | os.PathLike[str], previous: FragmentIndex | None = None) ->
     Symlinks are refused (O_NOFOLLOW); non-regular files and every read or parse error give what is
     complete so far, never an exception.
     """
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except (OSError, ValueError):
+    opened = open_regular(path)
+    if opened is None:
         return None
+    fd, st = opened
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None
         return _scan_fd(fd, st.st_size, previous)
     except (OSError, ValueError, struct.error):
         return None

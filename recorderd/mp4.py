@@ -22,19 +22,36 @@ HEADER_BOX_TYPES = frozenset({b"ftyp", b"moov", b"free", b"skip", b"uuid", b"mfr
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
+def open_regular(path: str | os.PathLike[str]) -> tuple[int, os.stat_result] | None:
+    """``(fd, stat)`` of a regular file opened read-only without following a symlink (the last path
+    element) and without blocking on a fifo; None for anything else. The caller closes ``fd``."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except (OSError, ValueError):
+        return None
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None
+    return fd, st
+
+
 def is_header_only(path: str | os.PathLike[str]) -> bool:
     """True only for a regular file made entirely of complete top-level ``ftyp``/``moov``/``free``/
     ``skip``/``uuid``/``mfra`` boxes, with a ``moov`` and no ``moof``/``mdat`` (or any other box).
 
     Reads at most ``MAX_HEADER_BYTES``; never raises (an unreadable file is not header-only).
     """
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except (OSError, ValueError):
+    opened = open_regular(path)
+    if opened is None:
         return False
+    fd, st = opened
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or not 0 < st.st_size <= MAX_HEADER_BYTES:
+        if not 0 < st.st_size <= MAX_HEADER_BYTES:
             return False
         data = b""
         while len(data) < st.st_size:

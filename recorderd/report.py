@@ -100,6 +100,14 @@ async def search(dsn: str | None, camera_id: str, start: datetime | None,
         await conn.close()
 
 
+async def unknown_camera(conn: asyncpg.Connection, config: Config, camera_id: str) -> str | None:
+    """Why ``camera_id`` names no camera (neither configured nor in the index), or None."""
+    if config.camera(camera_id) is not None or await conn.fetchval(queries.CAMERA_HAS_SEGMENTS, camera_id):
+        return None
+    known = ", ".join(c.id for c in config.cameras) or "none configured"
+    return f"unknown camera {camera_id!r} (configured: {known})"
+
+
 def find_gaps(rows: list[SegmentRow]) -> list[tuple[datetime, datetime]]:
     """Holes between consecutive segments (by end so far, so overlaps do not hide or fake one)."""
     gaps: list[tuple[datetime, datetime]] = []
@@ -136,10 +144,9 @@ async def cmd_search(config: Config, camera_id: str, from_s: str | None, to_s: s
         return _fail(err, str(exc))
     try:
         rows = await search_conn(conn, camera_id, start, end)
-        if not rows and config.camera(camera_id) is None:
-            if not await conn.fetchval(queries.CAMERA_HAS_SEGMENTS, camera_id):
-                known = ", ".join(c.id for c in config.cameras) or "none configured"
-                return _fail(err, f"unknown camera {camera_id!r} (configured: {known})")
+        unknown = await unknown_camera(conn, config, camera_id) if not rows else None
+        if unknown:
+            return _fail(err, unknown)
     except asyncpg.UndefinedTableError:
         return _fail(err, "the index has no schema yet: run `recorderd migrate` (or start the daemon)")
     finally:

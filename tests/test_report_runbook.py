@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from test_search import insert
 from util import make_config
 
 from recorderd import queries
@@ -19,7 +20,6 @@ from recorderd.config import Config
 from recorderd.db import migrate
 from recorderd.diskguard import DiskUsage
 from recorderd.events import SegmentEvent
-from recorderd.indexer import segment_arrays
 from recorderd.report import (
     DayBytes,
     cmd_status,
@@ -106,15 +106,6 @@ def seg(cam: str, start: float, seconds: float, size: int, name: str | None = No
     tag = name or datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%d/%H-%M-%S")
     return SegmentEvent(cam, f"/data/{cam}/{tag}.mp4", start, start + seconds, size, None, None, "ffmpeg",
                         time.time())
-
-
-async def insert(dsn: str, events: list[SegmentEvent]) -> None:
-    await migrate(dsn)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.fetch(queries.UPSERT_SEGMENTS, *segment_arrays(events))
-    finally:
-        await conn.close()
 
 
 def footage() -> list[SegmentEvent]:

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import binascii
 import os
-import stat
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +26,7 @@ from recorderd.api.errors import ApiError, bad_request, not_found, unavailable
 from recorderd.config import Camera
 from recorderd.db import DatabaseUnavailable
 from recorderd.layout import iso
+from recorderd.mp4 import open_regular
 from recorderd.report import parse_time
 
 if TYPE_CHECKING:
@@ -316,13 +316,13 @@ def safe_file(root: str, path: str) -> bool:
             return False
         if not rel or ".." in rel.split(os.sep) or os.path.realpath(path) != os.path.join(real_root, rel):
             return False
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except (OSError, ValueError):
         return False
-    try:
-        return stat.S_ISREG(os.fstat(fd).st_mode)
-    finally:
-        os.close(fd)
+    opened = open_regular(path)
+    if opened is None:
+        return False
+    os.close(opened[0])
+    return True
 
 
 __all__ = ["ApiError", "add_routes", "merge_runs", "safe_file"]
