@@ -8,8 +8,8 @@ Fixtures:
 * ``testcam_factory`` (function): ``testcam_factory(fps=5, audio="aac", user="u", password="p")``
   returns a started ``TestCam``; everything it made is stopped at teardown.
 * ``shared_cam``: one default camera (10 fps, keyframe every 10 frames = 1/s) per session, for
-  tests that only need "a camera that works"; restarted, with a warning, if it died. Do not kill or
-  hang it; use the factory for that.
+  tests that only need "a camera that works"; respawned on its port, with a warning, if it dies
+  (before or during a test). Do not kill or hang it; use the factory for that.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ class TestCam:
         self.proc: subprocess.Popen[bytes] | None = None
         self.hung = False
         self.start_seconds = 0.0
+        self.crash_reports: list[str] = []  # the shared_cam fixture's respawns, warned at teardown
         self._stderr: Any = None
         self._stdout: Any = None
 
@@ -339,17 +340,57 @@ def _died(cam: TestCam) -> str:
     return f"the shared test camera exited {code}; its stderr ends: {cam.stderr[-1500:]!r}"
 
 
+class _Respawner(threading.Thread):
+    """Brings the shared camera back on its port within ~0.2 s if GStreamer aborts mid-test.
+
+    gst-rtsp-server 1.22 can abort in ``gst_rtsp_media_get_rates`` (``g_assert (FALSE)`` on a
+    stream that is complete but has no segment yet) when several clients PLAY one shared media at
+    once. That is a bug of the test camera, not of the recorder; a real camera that reboots comes
+    back too, so the test goes on against a camera that answers again and the crash is reported.
+    """
+
+    def __init__(self, cam: TestCam) -> None:
+        super().__init__(name="shared-cam-respawner", daemon=True)
+        self.cam = cam
+        self.reports = cam.crash_reports
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(0.2):
+            proc = self.cam.proc
+            if proc is None or proc.poll() is None:
+                continue
+            self.reports.append(_died(self.cam) + " (respawned during this test)")
+            try:
+                self.cam.restart()
+            except RuntimeError as exc:  # reported; the test fails on its own if it needed it
+                self.reports.append(f"the shared test camera could not be respawned: {exc}")
+                return
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=15)
+
+
 @pytest.fixture
 def shared_cam(_shared_cam_process: TestCam) -> Iterator[TestCam]:
-    """The session camera, restarted on its port if an earlier test's run killed it.
+    """The session camera, kept answering on its port for the whole test.
 
-    One GStreamer crash must fail the test it happened in, not every later test that shares the
-    camera; the crash is reported (a warning with the camera's stderr) rather than hidden.
+    A GStreamer crash is reported (a warning with the camera's stderr), not hidden, and the camera
+    is respawned on the same port (``_Respawner``) so one crash of the test camera cannot starve
+    the test, or any later test, of a camera.
     """
     cam = _shared_cam_process
     if not cam.is_running:
         warnings.warn(_died(cam) + " (restarted)", stacklevel=1)
         cam.restart()
-    yield cam
-    if not cam.is_running:
-        warnings.warn(_died(cam) + " (during this test)", stacklevel=1)
+    cam.crash_reports.clear()
+    respawner = _Respawner(cam)
+    respawner.start()
+    try:
+        yield cam
+    finally:
+        respawner.stop()
+        for report in cam.crash_reports:
+            warnings.warn(report, stacklevel=1)
+        cam.crash_reports.clear()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -146,6 +148,21 @@ def test_shared_cam_plays(shared_cam: TestCam) -> None:
     assert video["codec_type"] == "video" and video["codec_name"] == "h264"
     assert (video["width"], video["height"]) == (320, 240)
     assert video["avg_frame_rate"] == "10/1"
+
+
+def test_shared_cam_respawns_after_a_gstreamer_abort(shared_cam: TestCam) -> None:
+    """gst-rtsp-server can abort with several clients on one shared media: the camera comes back."""
+    old_pid = shared_cam.pid
+    assert shared_cam.proc is not None
+    shared_cam.proc.send_signal(signal.SIGABRT)
+    deadline = time.monotonic() + 15
+    while not (shared_cam.is_running and shared_cam.pid != old_pid and port_accepts(shared_cam.port)):
+        assert time.monotonic() < deadline, "the shared camera was not respawned within 15 s"
+        time.sleep(0.05)
+    (video,) = streams(shared_cam.url)
+    assert video["codec_name"] == "h264"
+    assert [r for r in shared_cam.crash_reports if "exited -6" in r and "respawned" in r]
+    shared_cam.crash_reports.clear()  # reported here, by this assertion, not as a warning
 
 
 def test_cam_kill_and_restart_on_same_port(testcam_factory: Callable[..., TestCam]) -> None:
