@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from recorderd import __version__, metrics, systemd
+from recorderd import __version__, looplag, metrics, systemd
 from recorderd.api.app import HttpServer
 from recorderd.clock import RunLedger, WallClock
 from recorderd.config import Camera, Config, ConfigError, diff_cameras, read_config_text
@@ -297,6 +297,7 @@ class Daemon:
             metrics.CONFIG_LAST_RELOAD_OK.set(0)
         self._core(self.clock.run(), "clock")
         self._core(self.poller.run(), "progress")
+        self._core(looplag.monitor(), "loop-lag")
         self._core(self.volume.run(), "volume")
         self._core(self.indexer.run(), "indexer")
         self._once = asyncio.create_task(self._recover_clips(), name="clips-recover")

@@ -48,6 +48,10 @@ FFMPEG_OUTPUT_SUPPRESSED = Counter("recorderd_ffmpeg_output_suppressed_lines_tot
                                    "FFmpeg stderr lines not logged because of the per-camera rate limit",
                                    ["camera"])
 
+# How late the event loop wakes a timer: anything the loop waits on (a blocking call, a huge JSON
+# answer) delays every camera's supervision and every HTTP answer by this much.
+LOOP_LAG = Histogram("recorderd_event_loop_lag_seconds", "How late the event loop ran a 0.25 s timer",
+                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 INDEX_LAG = Histogram("recorderd_index_lag_seconds", "Segment closed to row committed",
                       buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600))
 INDEX_PENDING = Gauge("recorderd_index_pending_rows", "Segment rows waiting for the database")
