@@ -52,6 +52,12 @@ FFMPEG_OUTPUT_SUPPRESSED = Counter("recorderd_ffmpeg_output_suppressed_lines_tot
 # answer) delays every camera's supervision and every HTTP answer by this much.
 LOOP_LAG = Histogram("recorderd_event_loop_lag_seconds", "How late the event loop ran a 0.25 s timer",
                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+API_CUTS = Counter("recorderd_api_cuts_total",
+                   "Exports and clip creations asked over HTTP, by outcome (busy: refused with 429)",
+                   ["kind", "outcome"])
+for _kind in ("export", "clip"):
+    for _outcome in ("ok", "error", "busy"):
+        API_CUTS.labels(_kind, _outcome)  # at 0 from the start: increase() sees the first one
 INDEX_LAG = Histogram("recorderd_index_lag_seconds", "Segment closed to row committed",
                       buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600))
 INDEX_PENDING = Gauge("recorderd_index_pending_rows", "Segment rows waiting for the database")

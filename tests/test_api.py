@@ -35,21 +35,24 @@ class Api:
         self.port, self.daemon, self.dsn, self.root = port, daemon, dsn, root
 
     def call(self, path: str, token: str | None = "t1", method: str = "GET",
-             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+             headers: dict[str, str] | None = None, body: Any = None) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
             h = dict(headers or {})
             if token is not None:
                 h["Authorization"] = f"Bearer {TOKENS.get(token, token)}"
-            conn.request(method, path, headers=h)
+            if body is not None and not isinstance(body, bytes):
+                body = json.dumps(body).encode()
+                h["Content-Type"] = "application/json"
+            conn.request(method, path, body=body, headers=h)
             r = conn.getresponse()
             return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
         finally:
             conn.close()
 
-    def json(self, path: str, token: str | None = "t1") -> tuple[int, Any]:
-        status, _, body = self.call(path, token)
-        return status, json.loads(body) if body else None
+    def json(self, path: str, token: str | None = "t1", method: str = "GET", body: Any = None) -> tuple[int, Any]:
+        status, _, out = self.call(path, token, method, body=body)
+        return status, json.loads(out) if out else None
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +77,10 @@ def api(api_cams: tuple[TestCam, TestCam], pg_cluster: Any, tmp_path_factory: py
                **({"tenants": [name]} if name != "ops" else {}), "clips": name != "t2"}
               for name, tok in TOKENS.items()]
     doc = config_doc(root, [camera_doc("cam-a", api_cams[0].url, tenant="t1"),
-                            camera_doc("cam-b", api_cams[1].url, tenant="t2"),
+                            camera_doc("cam-b", api_cams[1].url, tenant="t2", plan="tiny"),
                             camera_doc("cam-off", api_cams[0].url, tenant="t1", enabled=False)],
-                     database={"dsn": dsn}, http={"listen": f"127.0.0.1:{port}", "tokens": tokens})
+                     database={"dsn": dsn}, http={"listen": f"127.0.0.1:{port}", "tokens": tokens},
+                     plans={"tiny": {"retention_days": 7, "max_clips": 2}})
     doc.pop("metrics")
     cfg = tmp / "cameras.yaml"
     cfg.write_text(yaml.safe_dump(doc))
@@ -293,3 +297,164 @@ async def test_ffmpeg_plays_the_hls_playlist_over_http(api: Api) -> None:
     assert hidden[0] == 404
     bad = await asyncio.to_thread(api.json, "/api/v1/cameras/cam-a/playlist.m3u8?from=2026-01-02&to=2026-01-01", "t1")
     assert bad[0] == 400 and bad[1]["detail"].startswith("to:")
+
+
+# --------------------------------------------------------------------------- clips and exports
+
+
+async def recent_period(camera_id: str, dsn: str, segments: int = 3) -> tuple[str, str, float, float]:
+    """``from``/``to`` (ISO) over the camera's last few closed segments, and the same as epoch seconds."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT extract(epoch FROM start_time)::float8 AS s, extract(epoch FROM end_time)::float8"
+                                " AS e FROM segments WHERE camera_id = $1 AND start_time > now() - interval '1 hour'"
+                                " ORDER BY start_time DESC LIMIT $2", camera_id, segments)
+    finally:
+        await conn.close()
+    lo, hi = float(rows[-1]["s"]) + 0.5, float(rows[0]["e"]) - 0.2
+
+    def iso(t: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+    return iso(lo), iso(hi), lo, hi
+
+
+async def media_seconds(data: bytes, tmp_path: Path, name: str) -> float:
+    """Decode the whole file (FFmpeg) and return its duration (ffprobe): playable, and how long."""
+    f = tmp_path / name
+    f.write_bytes(data)
+    dec = await asyncio.create_subprocess_exec("ffmpeg", "-v", "error", "-i", str(f), "-f", "null", "-",
+                                               stderr=asyncio.subprocess.PIPE)
+    _, err = await dec.communicate()
+    assert dec.returncode == 0 and not err, err.decode()[-1000:]
+    probe = await asyncio.create_subprocess_exec(
+        "ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(f),
+        stdout=asyncio.subprocess.PIPE)
+    out, _ = await probe.communicate()
+    return float(out)
+
+
+async def test_clip_create_list_download_rename_delete(api: Api, tmp_path: Path) -> None:
+    lo_s, hi_s, lo, hi = await recent_period("cam-a", api.dsn)
+    status, headers, body = await asyncio.to_thread(
+        api.call, "/api/v1/clips", "t1", "POST", body={"camera_id": "cam-a", "from": lo_s, "to": hi_s,
+                                                       "name": "Gate, évening"})
+    assert status == 201, body
+    clip = json.loads(body)
+    assert headers["location"] == f"/api/v1/clips/{clip['id']}"
+    assert {"id", "camera_id", "name", "start", "end", "size_bytes", "created_at", "url", "gaps"} <= set(clip)
+    assert clip["camera_id"] == "cam-a" and clip["name"] == "Gate, évening" and clip["created_by"] == "t1"
+    assert "path" not in clip and str(api.root) not in body.decode()
+    # it starts at the keyframe at or before `from` (1 s GOP) and covers the period
+    start = parse_iso(clip["start"])
+    assert lo - 1.2 <= start <= lo + 0.01 and parse_iso(clip["end"]) >= hi - 0.3
+
+    status, listed = await asyncio.to_thread(api.json, "/api/v1/clips", "t1")
+    assert status == 200 and [c["id"] for c in listed["clips"]] == [clip["id"]]
+    assert (await asyncio.to_thread(api.json, "/api/v1/clips?camera_id=cam-a", "t1"))[1]["clips"][0]["id"] == clip["id"]
+    assert (await asyncio.to_thread(api.json, f"/api/v1/clips/{clip['id']}", "t1")) == (200, {**clip_without(clip)})
+
+    # the file: by token, by its signed URL without one, with Range; playable and as long as the period
+    status, headers, data = await asyncio.to_thread(api.call, f"/api/v1/clips/{clip['id']}.mp4", "t1")
+    assert status == 200 and len(data) == clip["size_bytes"] and headers["content-type"] == "video/mp4"
+    assert headers["content-disposition"].startswith('attachment; filename="Gate_evening.mp4";')
+    assert "filename*=UTF-8''Gate%2C%20%C3%A9vening.mp4" in headers["content-disposition"]
+    assert (await asyncio.to_thread(api.call, clip["url"], None))[2] == data
+    status, headers, part = await asyncio.to_thread(api.call, clip["url"], None, "GET", {"Range": "bytes=10-99"})
+    assert status == 206 and part == data[10:100]
+    duration = await media_seconds(data, tmp_path, "clip.mp4")
+    assert duration == pytest.approx(parse_iso(clip["end"]) - start, abs=0.25)
+    assert duration >= hi - lo - 0.3
+
+    # counted against the plan, shown on the camera
+    assert (await asyncio.to_thread(api.json, "/api/v1/cameras/cam-a", "t1"))[1]["clips_used"] == 1
+
+    status, renamed = await asyncio.to_thread(api.json, f"/api/v1/clips/{clip['id']}", "t1", "PATCH",
+                                              {"name": "  renamed  "})
+    assert status == 200 and renamed["name"] == "renamed"
+    status, err = await asyncio.to_thread(api.json, f"/api/v1/clips/{clip['id']}", "t1", "PATCH", {"name": "a\nb"})
+    assert status == 400 and err["detail"].startswith("name:")
+
+    # another tenant: every clip endpoint is the same 404 as a clip that does not exist
+    missing = (404, {"error": "not_found", "detail": "no such clip"})
+    for method, suffix, body in (("GET", "", None), ("PATCH", "", {"name": "x"}), ("DELETE", "", None),
+                                 ("GET", ".mp4", None)):
+        assert await asyncio.to_thread(api.json, f"/api/v1/clips/{clip['id']}{suffix}", "t2", method, body) == missing
+        assert await asyncio.to_thread(api.json, f"/api/v1/clips/999999{suffix}", "t1", method, body) == missing
+    assert (await asyncio.to_thread(api.json, "/api/v1/clips", "t2"))[1] == {"clips": []}
+    assert (await asyncio.to_thread(api.json, "/api/v1/clips?camera_id=cam-a", "t2"))[0] == 404
+    assert (await asyncio.to_thread(api.json, "/api/v1/clips", "t2", "POST",
+                                    {"camera_id": "cam-a", "from": lo_s, "to": hi_s}))[0] == 404
+    # its own camera, but a token without clips: true
+    status, err = await asyncio.to_thread(api.json, "/api/v1/clips", "t2", "POST",
+                                          {"camera_id": "cam-b", "from": lo_s, "to": hi_s, "name": "x"})
+    assert status == 403 and err["error"] == "forbidden"
+    for token in (None, "wrong"):
+        assert (await asyncio.to_thread(api.json, f"/api/v1/clips/{clip['id']}", token))[0] == 401
+
+    status, _, _ = await asyncio.to_thread(api.call, f"/api/v1/clips/{clip['id']}", "t1", "DELETE")
+    assert status == 204
+    assert await asyncio.to_thread(api.json, f"/api/v1/clips/{clip['id']}", "t1") == missing
+    assert not list((api.root / "clips" / "cam-a").glob("*.mp4"))
+    assert (await asyncio.to_thread(api.call, clip["url"], None))[0] == 404
+
+
+def parse_iso(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def clip_without(clip: dict[str, Any]) -> dict[str, Any]:
+    """A clip as GET shows it: the create answer without its cut report (the URL is signed anew)."""
+    return {k: v for k, v in clip.items() if k != "gaps"}
+
+
+async def test_clip_requests_that_cannot_be_done(api: Api) -> None:
+    lo_s, hi_s, _, _ = await recent_period("cam-b", api.dsn)
+    post = "/api/v1/clips"
+    for body, code, detail in (
+            (b"{not json", 400, "body:"), ([1, 2], 400, "body:"), ({"from": lo_s, "to": hi_s}, 400, "camera_id:"),
+            ({"camera_id": "cam-b", "to": hi_s}, 400, "from:"), ({"camera_id": "cam-b", "from": lo_s}, 400, "to:"),
+            ({"camera_id": "cam-b", "from": hi_s, "to": lo_s}, 400, "to:"),
+            ({"camera_id": "cam-b", "from": "2026-01-01", "to": "2026-01-03"}, 400, "to:"),
+            ({"camera_id": "cam-b", "from": lo_s, "to": hi_s, "name": ""}, 400, "name:"),
+            ({"camera_id": "nope", "from": lo_s, "to": hi_s}, 404, "no such camera"),
+            ({"camera_id": "cam-b", "from": "2000-01-01T00:00:00Z", "to": "2000-01-01T00:01:00Z"}, 422, "")):
+        status, _, out = await asyncio.to_thread(api.call, post, "ops", "POST", body=body)
+        doc = json.loads(out)
+        assert status == code and doc["detail"].startswith(detail), (body, status, doc)
+    # the plan's limit (tiny: 2): the third is a 409 naming it, and nothing is left behind
+    made = []
+    for n in range(2):
+        status, clip = await asyncio.to_thread(api.json, post, "ops", "POST",
+                                               {"camera_id": "cam-b", "from": lo_s, "to": hi_s, "name": f"c{n}"})
+        assert status == 201, clip
+        made.append(clip["id"])
+    status, err = await asyncio.to_thread(api.json, post, "ops", "POST",
+                                          {"camera_id": "cam-b", "from": lo_s, "to": hi_s, "name": "c2"})
+    assert status == 409 and err["error"] == "clip_limit" and "'tiny' allows 2" in err["detail"]
+    assert len(list((api.root / "clips" / "cam-b").glob("*.mp4"))) == 2
+    for clip_id in made:
+        assert (await asyncio.to_thread(api.call, f"/api/v1/clips/{clip_id}", "ops", "DELETE"))[0] == 204
+
+
+async def test_export_is_an_attachment_of_the_period(api: Api, tmp_path: Path) -> None:
+    lo_s, hi_s, lo, hi = await recent_period("cam-a", api.dsn)
+    path = f"/api/v1/cameras/cam-a/export.mp4?from={lo_s}&to={hi_s}"
+    status, headers, data = await asyncio.to_thread(api.call, path, "t1")
+    assert status == 200 and headers["content-type"] == "video/mp4", data[:300]
+    assert headers["content-disposition"].startswith('attachment; filename="cam-a_')
+    assert int(headers["content-length"]) == len(data) and data[4:8] == b"ftyp"
+    start = parse_iso(headers["x-footage-start"])
+    assert lo - 1.2 <= start <= lo + 0.01
+    assert await media_seconds(data, tmp_path, "export.mp4") >= hi - lo - 0.3
+    # nothing is left on disk once it was sent
+    assert not [p for p in (api.root / ".recorderd" / "exports").iterdir()]
+    hidden = await asyncio.to_thread(api.json, path.replace("cam-a", "cam-b"), "t1")
+    assert hidden == (404, {"error": "not_found", "detail": "no such camera"})
+    status, err = await asyncio.to_thread(api.json, "/api/v1/cameras/cam-a/export.mp4?from=2026-01-01&to=2026-01-03")
+    assert status == 400 and err["detail"].startswith("to:")
+    status, err = await asyncio.to_thread(
+        api.json, "/api/v1/cameras/cam-a/export.mp4?from=2000-01-01T00:00:00Z&to=2000-01-01T00:01:00Z")
+    assert status == 422 and err["error"] == "no_footage"

@@ -11,6 +11,7 @@ headers). A scope that does not cover a camera answers exactly like a camera tha
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
@@ -31,6 +32,9 @@ log = get_logger(component="http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_HEADER_BYTES = 8190
+# paths a signed URL may open instead of a token: files a <video> element, ffmpeg or a download link
+# fetch without headers (segment media, a clip's file)
+_SIGNABLE = re.compile(r"^/api/v1/(media/[^/]+\.mp4|clips/[0-9]{1,18}\.mp4)\Z")
 
 
 class Services(Protocol):
@@ -118,10 +122,14 @@ class HttpServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         if self.services is not None:
-            from recorderd.api import cameras, playback
+            from recorderd.api import cameras, clips, exports, playback
 
-            cameras.add_routes(app, self.services, self.signer)
-            playback.add_routes(app, self.services, self.signer)
+            services = self.services
+            slots = exports.CutSlots(lambda: services.config.http.max_exports)
+            cameras.add_routes(app, services, self.signer)
+            playback.add_routes(app, services, self.signer)
+            exports.add_routes(app, services, self.signer, slots)
+            clips.add_routes(app, services, self.signer, slots)
         return app
 
     @web.middleware
@@ -151,9 +159,9 @@ class HttpServer:
             principal = ANONYMOUS
         elif request.headers.get("Authorization"):
             principal = auth.from_header(request.headers.get("Authorization"))
-        else:  # a signed media URL (only the routes that serve bytes accept one)
-            name = self.signer.verify(request.path, request.query) if request.path.startswith(
-                "/api/v1/media/") else None
+        else:  # a signed URL (only the routes that serve a file's bytes accept one)
+            name = self.signer.verify(request.path, request.query) if (
+                request.method in ("GET", "HEAD") and _SIGNABLE.match(request.path)) else None
             principal = auth.by_name(name) if name is not None else None
         if principal is None:
             raise ApiError(401, "unauthorized", "a valid token is required (Authorization: Bearer <token>)",
