@@ -25,6 +25,7 @@ from recorderd.clock import RunLedger, WallClock
 from recorderd.config import Camera, Config, ConfigError, diff_cameras, read_config_text
 from recorderd.configwatch import ConfigWatcher
 from recorderd.db import Database
+from recorderd.events import OpenFile
 from recorderd.health import CameraHealth, HealthSnapshot, disk_floor_bytes, disk_stale_after, health_reasons
 from recorderd.indexer import Indexer
 from recorderd.lastgood import Fallback, LastGood, load_or_fallback
@@ -85,6 +86,10 @@ class Daemon:
 
     def current_files(self) -> set[str]:
         return {s.current_file for s in self.supervisors.values() if s.current_file}
+
+    def open_file(self, camera_id: str) -> OpenFile | None:
+        sup = self.supervisors.get(camera_id)
+        return sup.open_file() if sup is not None else None
 
     def _start_camera(self, cam: Camera) -> None:
         if self.stop_event.is_set():

@@ -29,3 +29,17 @@ class SegmentEvent:
     @property
     def duration(self) -> float:
         return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class OpenFile:
+    """The segment file a camera's FFmpeg is writing now (for live playback).
+
+    ``start`` is where it begins in wall time when the run already closed a segment (files of a run
+    tile exactly); None for a run's first file, whose start is only known when it closes.
+    """
+
+    camera_id: str
+    path: str  # absolute
+    run_id: str
+    start: float | None

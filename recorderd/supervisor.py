@@ -27,7 +27,7 @@ from recorderd import ffmpeg, metrics, mp4
 from recorderd.backoff import Backoff
 from recorderd.clock import Step, WallClock
 from recorderd.config import Camera
-from recorderd.events import SegmentEvent
+from recorderd.events import OpenFile, SegmentEvent
 from recorderd.layout import day_names, ffmpeg_pattern, find_segment, newest_name_time, parse_segment_path
 from recorderd.logging import get_logger
 from recorderd.masking import mask_text, secrets_of
@@ -146,6 +146,13 @@ class CameraSupervisor:
             "timestamps": "arrival" if self.wallclock_timestamps else "camera",
             "last_exit": self.last_exit,
         }
+
+    def open_file(self) -> OpenFile | None:
+        """The file FFmpeg is writing now, if any (live playback reads it up to its last fragment)."""
+        run, path = self._run, self.current_file
+        if run is None or path is None or path not in run.opened.values():
+            return None
+        return OpenFile(self.camera.id, path, run.run_id, run.timeline.last_end_wall)
 
     async def run(self) -> None:
         """Record until ``stop``; never raises (a bug is logged and the camera restarted)."""

@@ -56,10 +56,10 @@ class Api:
 
 
 @pytest.fixture(scope="module")
-def api_cams() -> Iterator[tuple[TestCam, TestCam]]:
+def api_cams() -> Iterator[tuple[TestCam, ...]]:
     # one camera each: two clients DESCRIBing one gst-rtsp-server mount at the same instant can get a
     # 503 that backs the second off for half a minute
-    cams = (TestCam(fps=10, gop=10), TestCam(fps=10, gop=10))
+    cams = (TestCam(fps=10, gop=10), TestCam(fps=10, gop=10), TestCam(fps=10, gop=10))
     for cam in cams:
         cam.start()
     yield cams
@@ -68,7 +68,7 @@ def api_cams() -> Iterator[tuple[TestCam, TestCam]]:
 
 
 @pytest.fixture(scope="module")
-def api(api_cams: tuple[TestCam, TestCam], pg_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+def api(api_cams: tuple[TestCam, ...], pg_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     tmp = tmp_path_factory.mktemp("api")
     dsn = pg_cluster.create_database("api_" + uuid.uuid4().hex[:8])
     port = free_port()
@@ -78,7 +78,9 @@ def api(api_cams: tuple[TestCam, TestCam], pg_cluster: Any, tmp_path_factory: py
               for name, tok in TOKENS.items()]
     doc = config_doc(root, [camera_doc("cam-a", api_cams[0].url, tenant="t1"),
                             camera_doc("cam-b", api_cams[1].url, tenant="t2", plan="tiny"),
-                            camera_doc("cam-off", api_cams[0].url, tenant="t1", enabled=False)],
+                            camera_doc("cam-off", api_cams[0].url, tenant="t1", enabled=False),
+                            # longer files: live playback lists the open file's complete 4 s pieces
+                            camera_doc("cam-live", api_cams[2].url, tenant="t1", segment_seconds=8)],
                      database={"dsn": dsn}, http={"listen": f"127.0.0.1:{port}", "tokens": tokens},
                      plans={"tiny": {"retention_days": 7, "max_clips": 2}})
     doc.pop("metrics")
@@ -135,9 +137,9 @@ async def test_every_api_path_needs_a_valid_token_but_metrics_and_healthz_do_not
 
 async def test_a_tenant_sees_only_its_cameras_and_others_are_404(api: Api) -> None:
     status, doc = await asyncio.to_thread(api.json, "/api/v1/cameras", "t1")
-    assert status == 200 and sorted(c["camera_id"] for c in doc["cameras"]) == ["cam-a", "cam-off"]
+    assert status == 200 and sorted(c["camera_id"] for c in doc["cameras"]) == ["cam-a", "cam-live", "cam-off"]
     status, doc = await asyncio.to_thread(api.json, "/api/v1/cameras", "ops")
-    assert sorted(c["camera_id"] for c in doc["cameras"]) == ["cam-a", "cam-b", "cam-off"]
+    assert sorted(c["camera_id"] for c in doc["cameras"]) == ["cam-a", "cam-b", "cam-live", "cam-off"]
     for suffix in ("", "/recordings", "/days", "/timeline?from=2026-01-01&to=2026-01-02"):
         hidden = await asyncio.to_thread(api.json, f"/api/v1/cameras/cam-b{suffix}", "t1")
         missing = await asyncio.to_thread(api.json, f"/api/v1/cameras/nope{suffix}", "t1")
@@ -458,3 +460,77 @@ async def test_export_is_an_attachment_of_the_period(api: Api, tmp_path: Path) -
     status, err = await asyncio.to_thread(
         api.json, "/api/v1/cameras/cam-a/export.mp4?from=2000-01-01T00:00:00Z&to=2000-01-01T00:01:00Z")
     assert status == 422 and err["error"] == "no_footage"
+
+
+# --------------------------------------------------------------------------- live playback
+
+
+def live_entries(text: str) -> list[tuple[str, float, str, str]]:
+    """(PROGRAM-DATE-TIME of the file, EXTINF, BYTERANGE, URL) of each media segment of a live file."""
+    out, pdt, extinf, byterange = [], "", 0.0, ""
+    for line in text.splitlines():
+        if line.startswith("#EXT-X-PROGRAM-DATE-TIME:"):
+            pdt = line.split(":", 1)[1]
+        elif line.startswith("#EXTINF:"):
+            extinf = float(line[8:].rstrip(","))
+        elif line.startswith("#EXT-X-BYTERANGE:"):
+            byterange = line.split(":", 1)[1]
+        elif line and not line.startswith("#") and "/media/live-" in line:
+            out.append((pdt, extinf, byterange, line))
+    return out
+
+
+async def test_a_playlist_reaching_now_lists_the_file_being_written(api: Api, tmp_path: Path) -> None:
+    def iso(t: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+    q = f"from={iso(time.time() - 120)}&to={iso(time.time() + 3600)}"
+    path = f"/api/v1/cameras/cam-live/playlist.m3u8?{q}"
+
+    def live_now() -> tuple[str, list[tuple[str, float, str, str]]] | None:
+        status, _, body = api.call(path, "t1")
+        assert status == 200, body
+        text = body.decode()
+        entries = live_entries(text)
+        return (text, entries) if entries else None
+
+    text, entries = await wait_until(lambda: live_now(), 30, step=0.3, what="a live-file entry")
+    assert "#EXT-X-PLAYLIST-TYPE:EVENT" in text and "#EXT-X-ENDLIST" not in text
+    pdt, extinf, byterange, url = entries[0]
+    assert extinf >= 4 - 0.01  # only full pieces: one that could still grow is held back
+    # the media bytes (signed URL, no header): the init section + the piece decode at 10 fps
+    map_line = next(line for line in text.splitlines() if line.startswith("#EXT-X-MAP:") and "/media/live-" in line)
+    init_len = int(map_line.split('BYTERANGE="')[1].split("@")[0])
+    length, offset = (int(x) for x in byterange.split("@"))
+    st, _, init = await asyncio.to_thread(api.call, url, None, "GET", {"Range": f"bytes=0-{init_len - 1}"})
+    st2, _, piece = await asyncio.to_thread(api.call, url, None, "GET",
+                                            {"Range": f"bytes={offset}-{offset + length - 1}"})
+    assert st == st2 == 206 and len(piece) == length and piece[4:8] == b"moof"
+    f = tmp_path / "live.mp4"
+    f.write_bytes(init + piece)
+    dec = await asyncio.create_subprocess_exec("ffmpeg", "-v", "error", "-i", str(f), "-map", "0:v", "-f",
+                                               "framemd5", "-", stdout=asyncio.subprocess.PIPE)
+    out, _ = await dec.communicate()
+    frames = sum(1 for line in out.decode().splitlines() if line and not line.startswith("#"))
+    assert dec.returncode == 0 and abs(frames - extinf * 10) <= 1, (frames, extinf)
+    # another tenant cannot open it, even with the key
+    key_path = url.split("?")[0]
+    assert (await asyncio.to_thread(api.call, key_path, "t2"))[0] == 404
+
+    # once the file is closed and indexed, the playlist keeps the very same URL for it, and the start
+    # it showed while live was right within a GOP
+    live_key = key_path.rsplit("/", 1)[1]
+
+    def closed() -> list[str] | None:
+        status, _, body = api.call(path, "t1")
+        lines = body.decode().splitlines()
+        for i, line in enumerate(lines):
+            if live_key in line and line.startswith("#EXT-X-MAP:"):
+                # the file is indexed when the next file is listed after it
+                later = [x for x in lines[i + 1:] if x.startswith("#EXT-X-MAP:")]
+                return lines[i:] if later else None
+        raise AssertionError(f"the live file's URL vanished from the playlist: {body.decode()[-1500:]}")
+
+    after = await wait_until(closed, 30, step=0.5, what="the live file to close and be indexed")
+    pdt_after = next(x for x in after if x.startswith("#EXT-X-PROGRAM-DATE-TIME:")).split(":", 1)[1]
+    assert abs(parse_iso(pdt_after) - parse_iso(pdt)) <= 1.1, (pdt, pdt_after)

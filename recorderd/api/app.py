@@ -24,6 +24,7 @@ from recorderd.api.auth import ANONYMOUS, Authenticator, Principal, UrlSigner
 from recorderd.api.errors import ApiError, json_error
 from recorderd.config import Config
 from recorderd.db import Database
+from recorderd.events import OpenFile
 from recorderd.health import CHECKS, check_of
 from recorderd.logging import get_logger
 from recorderd.retention import CameraUsage
@@ -48,6 +49,7 @@ class Services(Protocol):
     def health(self) -> list[str]: ...
     def camera_usage(self) -> Mapping[str, CameraUsage]: ...
     async def clips_used(self, conn: Any, camera_id: str) -> int: ...
+    def open_file(self, camera_id: str) -> OpenFile | None: ...
 
 
 def parse_listen(listen: str) -> tuple[str | None, int]:
