@@ -534,3 +534,39 @@ async def test_a_playlist_reaching_now_lists_the_file_being_written(api: Api, tm
     after = await wait_until(closed, 30, step=0.5, what="the live file to close and be indexed")
     pdt_after = next(x for x in after if x.startswith("#EXT-X-PROGRAM-DATE-TIME:")).split(":", 1)[1]
     assert abs(parse_iso(pdt_after) - parse_iso(pdt)) <= 1.1, (pdt, pdt_after)
+
+
+# --------------------------------------------------------------------------- the index away (keep last: it stops PostgreSQL)
+
+
+async def test_with_the_index_down_the_api_answers_503_and_recording_goes_on(api: Api, pg_cluster: Any) -> None:
+    lo_s, hi_s, _, _ = await recent_period("cam-a", api.dsn)
+
+    def last_end() -> float:
+        st = api.daemon.status() or {}
+        return max([c["last_segment_end"] or 0.0 for c in st.get("cameras", []) if c["camera_id"] == "cam-a"] or [0])
+
+    pg_cluster.stop("immediate")
+    try:
+        recorded_before = last_end()
+        for method, path, body in (
+                ("GET", "/api/v1/cameras", None), ("GET", "/api/v1/cameras/cam-a", None),
+                ("GET", "/api/v1/cameras/cam-a/recordings", None), ("GET", "/api/v1/cameras/cam-a/days", None),
+                ("GET", f"/api/v1/cameras/cam-a/timeline?from={lo_s}&to={hi_s}", None),
+                ("GET", f"/api/v1/cameras/cam-a/playlist.m3u8?from={lo_s}&to={hi_s}", None),
+                ("GET", f"/api/v1/cameras/cam-a/export.mp4?from={lo_s}&to={hi_s}", None),
+                ("GET", "/api/v1/clips", None), ("GET", "/api/v1/clips/1", None), ("GET", "/api/v1/media/1.mp4", None),
+                ("POST", "/api/v1/clips", {"camera_id": "cam-a", "from": lo_s, "to": hi_s, "name": "x"})):
+            status, headers, out = await asyncio.to_thread(api.call, path, "t1", method, None, body)
+            doc = json.loads(out)
+            assert status == 503 and doc["error"] == "index_unavailable", (path, status, doc)
+            assert headers["retry-after"] and doc["detail"], path
+            assert api.dsn.split("@")[-1] not in doc["detail"]  # no DSN in an answer
+        # access is still checked first: no token is a 401, another tenant's camera a 404
+        assert (await asyncio.to_thread(api.call, "/api/v1/cameras", None))[0] == 401
+        assert (await asyncio.to_thread(api.call, "/api/v1/cameras/cam-b", "t1"))[0] == 404
+        # recording never waits on the index
+        await wait_until(lambda: last_end() >= recorded_before + 4, 20, what="segments while the index is down")
+    finally:
+        pg_cluster.start()
+    await wait_until(lambda: api.call("/api/v1/cameras", "t1")[0] == 200, 30, step=0.5, what="the API back")

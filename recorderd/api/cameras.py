@@ -111,10 +111,10 @@ class CameraApi:
             try:
                 async with db.acquire("api") as conn:
                     yield conn
-            except DatabaseUnavailable as exc:
-                raise unavailable(str(exc)) from None
+            except DatabaseUnavailable:
+                raise unavailable() from None
             except (asyncpg.PostgresError, TimeoutError) as exc:
-                raise unavailable(f"index query failed: {type(exc).__name__}") from None
+                raise unavailable(f"an index query failed ({type(exc).__name__}); recording goes on") from None
 
     def live(self) -> dict[str, dict[str, Any]]:
         return {c["camera_id"]: c for c in self.services.snapshot().get("cameras", [])}

@@ -43,5 +43,9 @@ def not_found(what: str) -> ApiError:
     return ApiError(404, "not_found", f"no such {what}")
 
 
-def unavailable(detail: str) -> ApiError:
+INDEX_DOWN = "the footage index is unreachable; recording goes on (the daemon log says why)"
+
+
+def unavailable(detail: str = INDEX_DOWN) -> ApiError:
+    """The index is away. The detail names no host or database: API clients are not operators."""
     return ApiError(503, "index_unavailable", detail, {"Retry-After": "5"})

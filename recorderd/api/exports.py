@@ -92,7 +92,7 @@ def domain_error(exc: Exception) -> ApiError:
         return ApiError(503, "storage_unavailable", "the storage volume is not available (see the daemon log)",
                         {"Retry-After": "30"})
     if isinstance(exc, DatabaseUnavailable):
-        return unavailable(str(exc))
+        return unavailable()
     log.error("http_cut_failed", error=str(exc), kind=type(exc).__name__)
     return ApiError(500, "cut_failed", "the footage could not be cut (logged as http_cut_failed)")
 
