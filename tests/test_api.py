@@ -536,6 +536,64 @@ async def test_a_playlist_reaching_now_lists_the_file_being_written(api: Api, tm
     assert abs(parse_iso(pdt_after) - parse_iso(pdt)) <= 1.1, (pdt, pdt_after)
 
 
+# --------------------------------------------------------------------------- an outage inside the period
+
+
+async def test_a_period_spanning_a_camera_outage_plays_across_the_gap(api: Api, api_cams: tuple[TestCam, ...]) -> None:
+    cam = api_cams[1]  # cam-b's camera (tenant t2)
+
+    async def rows() -> list[Any]:
+        conn = await asyncpg.connect(api.dsn)
+        try:
+            return list(await conn.fetch(
+                "SELECT extract(epoch FROM start_time)::float8 AS s, extract(epoch FROM end_time)::float8 AS e,"
+                " run_id FROM segments WHERE camera_id = 'cam-b' AND start_time > now() - interval '1 hour'"
+                " ORDER BY start_time"))
+        finally:
+            await conn.close()
+
+    before = await rows()
+    await asyncio.to_thread(cam.kill)
+    t_down = time.time()
+    await asyncio.sleep(3)
+    await asyncio.to_thread(cam.restart)
+
+    async def two_after() -> bool:
+        return len([r for r in await rows() if r["s"] > t_down + 2]) >= 2
+
+    deadline = time.monotonic() + 60
+    while not await two_after():
+        assert time.monotonic() < deadline, "cam-b did not record again within 60 s of its camera's return"
+        await asyncio.sleep(0.5)
+    spans = [r for r in await rows() if r["s"] >= before[-2]["s"]]
+    gap = max(b["s"] - a["e"] for a, b in zip(spans, spans[1:], strict=False))
+    assert gap >= 2.5  # the outage is in the period
+    lo, hi = spans[0]["s"], spans[-1]["e"]
+
+    def iso(t: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+    q = f"from={iso(lo)}&to={iso(hi)}"
+    status, _, body = await asyncio.to_thread(api.call, f"/api/v1/cameras/cam-b/playlist.m3u8?{q}", "t2")
+    assert status == 200
+    text = body.decode()
+    assert "#EXT-X-DISCONTINUITY" in text and "#EXT-X-ENDLIST" in text
+    dates = [parse_iso(line.split(":", 1)[1]) for line in text.splitlines()
+             if line.startswith("#EXT-X-PROGRAM-DATE-TIME:")]
+    assert max(b - a for a, b in zip(dates, dates[1:], strict=False)) >= gap  # wall clock jumps the hole
+    url = f"http://127.0.0.1:{api.port}/api/v1/cameras/cam-b/playlist.m3u8?{q}"
+    dec = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-v", "error", "-headers", f"Authorization: Bearer {TOKENS['t2']}\r\n", "-i", url,
+        "-map", "0:v", "-f", "framemd5", "-", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(dec.communicate(), 60)
+    assert dec.returncode == 0, err.decode()[-2000:]
+    frames = sum(1 for line in out.decode().splitlines() if line and not line.startswith("#"))
+    recorded = sum(r["e"] - r["s"] for r in spans)
+    # all the footage on both sides of the gap plays (less FFmpeg's one GOP per file boundary), and
+    # no more than was recorded: the hole is skipped, not filled
+    assert recorded * 10 - 10 * len(spans) - 2 <= frames <= recorded * 10 + 2, (frames, recorded, gap)
+
+
 # --------------------------------------------------------------------------- the index away (keep last: it stops PostgreSQL)
 
 
