@@ -118,6 +118,22 @@ def api(api_cams: tuple[TestCam, ...], pg_cluster: Any, tmp_path_factory: pytest
         assert tok not in log  # tokens never appear in logs
 
 
+def iso_ms(t: float) -> str:
+    """Epoch seconds as the API takes them: ISO 8601 UTC with milliseconds."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+async def decoded_frames(api: Api, camera_id: str, query: str, token: str) -> int:
+    """Video frames FFmpeg's HLS reader decodes from the camera's playlist over HTTP (media by signed URL)."""
+    url = f"http://127.0.0.1:{api.port}/api/v1/cameras/{camera_id}/playlist.m3u8?{query}"
+    dec = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-v", "error", "-headers", f"Authorization: Bearer {TOKENS[token]}\r\n", "-i", url,
+        "-map", "0:v", "-f", "framemd5", "-", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(dec.communicate(), 60)
+    assert dec.returncode == 0, err.decode()[-2000:]
+    return sum(1 for line in out.decode().splitlines() if line and not line.startswith("#"))
+
+
 # --------------------------------------------------------------------------- access
 
 
@@ -278,20 +294,13 @@ async def test_ffmpeg_plays_the_hls_playlist_over_http(api: Api) -> None:
     finally:
         await conn.close()
     lo, hi = float(rows[0]["s"]), float(rows[-1]["e"])
-    q = f"from={time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(lo))}.{int(lo % 1 * 1000):03d}Z" \
-        f"&to={time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(hi))}.{int(hi % 1 * 1000):03d}Z"
+    q = f"from={iso_ms(lo)}&to={iso_ms(hi)}"
     status, headers, body = await asyncio.to_thread(api.call, f"/api/v1/cameras/cam-a/playlist.m3u8?{q}", "t1")
     assert status == 200 and headers["content-type"].startswith("application/vnd.apple.mpegurl"), body
     text = body.decode()
     assert text.startswith("#EXTM3U") and "#EXT-X-MAP:" in text and "#EXT-X-ENDLIST" in text
     assert "#EXT-X-PROGRAM-DATE-TIME:" in text and "#EXT-X-BYTERANGE:" in text
-    url = f"http://127.0.0.1:{api.port}/api/v1/cameras/cam-a/playlist.m3u8?{q}"
-    probe = await asyncio.create_subprocess_exec(
-        "ffmpeg", "-v", "error", "-headers", f"Authorization: Bearer {TOKENS['t1']}\r\n", "-i", url,
-        "-map", "0:v", "-f", "framemd5", "-", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(probe.communicate(), 60)
-    assert probe.returncode == 0, err.decode()[-2000:]
-    frames = sum(1 for line in out.decode().splitlines() if line and not line.startswith("#"))
+    frames = await decoded_frames(api, "cam-a", q, "t1")
     # 10 fps; FFmpeg's HLS reader drops up to one GOP (1 s) at each file boundary (tfdt restarts)
     assert (hi - lo) * 10 - 10 * len(rows) - 2 <= frames <= (hi - lo) * 10 + 2, (frames, hi - lo)
     # another tenant's camera is no playlist either
@@ -314,11 +323,7 @@ async def recent_period(camera_id: str, dsn: str, segments: int = 3) -> tuple[st
     finally:
         await conn.close()
     lo, hi = float(rows[-1]["s"]) + 0.5, float(rows[0]["e"]) - 0.2
-
-    def iso(t: float) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
-
-    return iso(lo), iso(hi), lo, hi
+    return iso_ms(lo), iso_ms(hi), lo, hi
 
 
 async def media_seconds(data: bytes, tmp_path: Path, name: str) -> float:
@@ -481,10 +486,7 @@ def live_entries(text: str) -> list[tuple[str, float, str, str]]:
 
 
 async def test_a_playlist_reaching_now_lists_the_file_being_written(api: Api, tmp_path: Path) -> None:
-    def iso(t: float) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-    q = f"from={iso(time.time() - 120)}&to={iso(time.time() + 3600)}"
+    q = f"from={iso_ms(time.time() - 120)}&to={iso_ms(time.time() + 3600)}"
     path = f"/api/v1/cameras/cam-live/playlist.m3u8?{q}"
 
     def live_now() -> tuple[str, list[tuple[str, float, str, str]]] | None:
@@ -569,11 +571,7 @@ async def test_a_period_spanning_a_camera_outage_plays_across_the_gap(api: Api, 
     gap = max(b["s"] - a["e"] for a, b in zip(spans, spans[1:], strict=False))
     assert gap >= 2.5  # the outage is in the period
     lo, hi = spans[0]["s"], spans[-1]["e"]
-
-    def iso(t: float) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
-
-    q = f"from={iso(lo)}&to={iso(hi)}"
+    q = f"from={iso_ms(lo)}&to={iso_ms(hi)}"
     status, _, body = await asyncio.to_thread(api.call, f"/api/v1/cameras/cam-b/playlist.m3u8?{q}", "t2")
     assert status == 200
     text = body.decode()
@@ -581,13 +579,7 @@ async def test_a_period_spanning_a_camera_outage_plays_across_the_gap(api: Api, 
     dates = [parse_iso(line.split(":", 1)[1]) for line in text.splitlines()
              if line.startswith("#EXT-X-PROGRAM-DATE-TIME:")]
     assert max(b - a for a, b in zip(dates, dates[1:], strict=False)) >= gap  # wall clock jumps the hole
-    url = f"http://127.0.0.1:{api.port}/api/v1/cameras/cam-b/playlist.m3u8?{q}"
-    dec = await asyncio.create_subprocess_exec(
-        "ffmpeg", "-v", "error", "-headers", f"Authorization: Bearer {TOKENS['t2']}\r\n", "-i", url,
-        "-map", "0:v", "-f", "framemd5", "-", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(dec.communicate(), 60)
-    assert dec.returncode == 0, err.decode()[-2000:]
-    frames = sum(1 for line in out.decode().splitlines() if line and not line.startswith("#"))
+    frames = await decoded_frames(api, "cam-b", q, "t2")
     recorded = sum(r["e"] - r["s"] for r in spans)
     # all the footage on both sides of the gap plays (less FFmpeg's one GOP per file boundary), and
     # no more than was recorded: the hole is skipped, not filled

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from util import top_boxes
 
 from recorderd.fmp4 import Fragment, FragmentIndex, scan
 
@@ -51,16 +52,6 @@ def video_keyframes(path: Path) -> int:
 def video_duration(path: Path) -> float:
     out = probe(path, "-select_streams", "v:0", "-show_entries", "stream=duration", "-of", "csv=p=0").stdout
     return float(out.strip())
-
-
-def top_boxes(data: bytes) -> list[tuple[bytes, int, int]]:
-    """(type, offset, size) of the top-level boxes of a well-formed file."""
-    out, pos = [], 0
-    while pos < len(data):
-        size, kind = struct.unpack_from(">I4s", data, pos)
-        out.append((kind, pos, size))
-        pos += size
-    return out
 
 
 def decoded_frames(data: bytes) -> tuple[int, str]:

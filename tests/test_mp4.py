@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from util import top_boxes
 
 from recorderd.mp4 import MAX_HEADER_BYTES, is_header_only
 
@@ -22,13 +23,7 @@ def _ffmpeg(out: Path, *args: str) -> Path:
 
 def boxes(path: Path) -> list[tuple[bytes, int, int]]:
     """(type, offset, size) of the top-level boxes of a well-formed file."""
-    data = path.read_bytes()
-    out, pos = [], 0
-    while pos < len(data):
-        size, kind = struct.unpack_from(">I4s", data, pos)
-        out.append((kind, pos, size))
-        pos += size
-    return out
+    return top_boxes(path.read_bytes())
 
 
 @pytest.fixture(scope="module")

@@ -159,3 +159,15 @@ async def fetch_segments(dsn: str, camera_id: str | None = None) -> list[dict[st
 
 def disk_segments(root: Path) -> set[str]:
     return {str(p) for p in root.glob("*/*/*.mp4")}
+
+
+def top_boxes(data: bytes) -> list[tuple[bytes, int, int]]:
+    """(type, offset, size) of the top-level boxes of a well-formed MP4 file's bytes."""
+    import struct
+
+    out, pos = [], 0
+    while pos < len(data):
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        out.append((kind, pos, size))
+        pos += size
+    return out
