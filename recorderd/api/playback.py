@@ -33,13 +33,13 @@ from recorderd.fmp4 import FragmentIndex, scan
 if TYPE_CHECKING:
     from recorderd.api.app import Services
     from recorderd.api.auth import Principal, UrlSigner
+    from recorderd.events import OpenFile
 
 MAX_PERIOD = 7 * 86400.0  # one playlist covers at most a week
 CACHE_FILES = 20_000  # fragment indexes kept (a few KB each for 1 h files)
 LIVE_KEYS = 4096  # live-file keys kept: a few per camera outlive their file's close
 UNINDEXED_SECONDS = 120.0  # a closed file listed before it was indexed is listed so for this long
 
-_EMPTY = FragmentIndex(0, 1, 0, 0, (), 0, False)
 _FILES_SQL = """
 SELECT id, start_time, end_time, run_id, path FROM segments
 WHERE camera_id = $1 AND NOT deleting AND end_time > $2 AND start_time < $3
@@ -61,6 +61,15 @@ class LiveFile(NamedTuple):
     run_id: str
     start: float  # as last listed
     seen: float  # monotonic time it was last listed as not indexed
+
+
+class Unindexed(NamedTuple):
+    """A file to list before the index holds it: being written, or closed a moment ago."""
+
+    path: str
+    run_id: str
+    start: float | None  # None: to be estimated from the file (a run's first file, being written)
+    writing: bool
 
 
 class LiveKeys:
@@ -156,25 +165,11 @@ class PlaybackApi(CameraApi):
         async with self.conn() as conn:
             rows = await conn.fetch(_FILES_SQL, cam.id, start, end, timeout=QUERY_TIMEOUT)
         root = str(self.services.config.storage.root)
-        indexed = {r["path"] for r in rows}
-        # not in the index (yet): the file being written, and files listed so that closed a moment ago
-        pending = self.live_keys.unindexed(cam.id, indexed) if open_ended else []
-        if writing is not None and writing.path not in indexed:
-            pending = [f for f in pending if f.path != writing.path]
-        else:
-            writing = None
+        unindexed = self._unindexed(cam.id, {r["path"] for r in rows}, writing) if open_ended else []
 
-        def indexes() -> tuple[list[FragmentIndex | None], list[tuple[FragmentIndex, float]]]:
-            found = [self.cache.lookup(root, r["path"]) for r in rows]
-            extra: list[tuple[FragmentIndex, float]] = []
-            for path in [f.path for f in pending] + ([writing.path] if writing is not None else []):
-                index = self.cache.lookup(root, path)
-                try:
-                    mtime = os.stat(path).st_mtime
-                except OSError:
-                    index = None
-                extra.append((index, mtime) if index is not None and index.fragments else (_EMPTY, 0.0))
-            return found, extra
+        def indexes() -> tuple[list[FragmentIndex | None], list[tuple[FragmentIndex, float] | None]]:
+            return ([self.cache.lookup(root, r["path"]) for r in rows],
+                    [self._with_mtime(root, u.path) for u in unindexed])
 
         found, extra = await asyncio.to_thread(indexes)
         files = [SegmentFile(r["id"], r["start_time"].timestamp(), r["end_time"].timestamp(),
@@ -186,27 +181,42 @@ class PlaybackApi(CameraApi):
             key = self.live_keys.known(r["path"])
             if key is not None:
                 urls[r["id"]] = self._live_url(key, principal)
-        for n, (f, (index, mtime)) in enumerate(zip([*pending, writing], extra, strict=False)):
-            if f is None or not index.fragments:
+        for n, (u, live) in enumerate(zip(unindexed, extra, strict=True)):
+            if live is None:
                 continue
-            if isinstance(f, LiveFile):
-                begin, run_id = f.start, f.run_id
-            else:  # the file being written: an estimated start, once estimated, stays as listed
-                listed = self.live_keys.get(f.path)
-                begin = f.start if f.start is not None else listed.start if listed is not None else (
-                    mtime - index.duration)
-                run_id = f.run_id
+            index, mtime = live
+            begin = u.start if u.start is not None else mtime - index.duration
             if files and begin < files[-1].end:
-                if isinstance(f, LiveFile):
+                if not u.writing:
                     continue  # listed before, but the index now covers its time: stale
                 begin = files[-1].end  # an estimate never overlaps what is indexed
-            files.append(SegmentFile(-1 - n, begin, begin + index.duration, run_id, index))
-            urls[-1 - n] = self._live_url(self.live_keys.remember(cam.id, f.path, run_id, begin), principal)
+            files.append(SegmentFile(-1 - n, begin, begin + index.duration, u.run_id, index))
+            urls[-1 - n] = self._live_url(self.live_keys.remember(cam.id, u.path, u.run_id, begin), principal)
         # a day of 10 s files is ~26,000 media segments: tens of ms of string work, off the loop
         text = await asyncio.to_thread(build, files, start.timestamp(), end.timestamp(), open_ended=open_ended,
                                        url=lambda seg_id: urls.get(seg_id) or self.media_url(seg_id, principal))
         return web.Response(text=text, content_type="application/vnd.apple.mpegurl",
                             headers={"Cache-Control": "no-store"})
+
+    def _unindexed(self, camera_id: str, indexed: set[str], writing: OpenFile | None) -> list[Unindexed]:
+        """Files to list that the index does not hold yet, oldest first: those listed so that closed a
+        moment ago, then the one being written (its start, once estimated, stays as listed)."""
+        out = [Unindexed(f.path, f.run_id, f.start, False) for f in self.live_keys.unindexed(camera_id, indexed)
+               if writing is None or f.path != writing.path]
+        if writing is not None and writing.path not in indexed:
+            listed = self.live_keys.get(writing.path)
+            start = writing.start if writing.start is not None else listed.start if listed is not None else None
+            out.append(Unindexed(writing.path, writing.run_id, start, True))
+        return out
+
+    def _with_mtime(self, root: str, path: str) -> tuple[FragmentIndex, float] | None:
+        """Blocking: the file's fragment index and mtime, or None when it has no fragment (or is gone)."""
+        index = self.cache.lookup(root, path)
+        try:
+            mtime = os.stat(path).st_mtime
+        except OSError:
+            return None
+        return (index, mtime) if index is not None and index.fragments else None
 
     def _live_url(self, key: str, principal: Principal) -> str:
         path = f"/api/v1/media/live-{key}.mp4"
