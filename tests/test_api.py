@@ -140,10 +140,16 @@ async def decoded_frames(api: Api, camera_id: str, query: str, token: str) -> in
 async def test_every_api_path_needs_a_valid_token_but_metrics_and_healthz_do_not(api: Api) -> None:
     paths = ["/api/v1/cameras", "/api/v1/cameras/cam-a", "/api/v1/cameras/cam-a/recordings",
              "/api/v1/cameras/cam-a/days", "/api/v1/cameras/cam-a/timeline?from=2026-01-01&to=2026-01-02",
-             "/api/v1/media/1.mp4"]
-    for path in paths:
+             "/api/v1/media/1.mp4", "/api/v1/media/live-" + "0" * 32 + ".mp4",
+             "/api/v1/cameras/cam-a/playlist.m3u8?from=2026-01-01&to=2026-01-02",
+             "/api/v1/cameras/cam-a/export.mp4?from=2026-01-01T00:00Z&to=2026-01-01T00:01Z",
+             "/api/v1/clips", "/api/v1/clips/1", "/api/v1/clips/1.mp4"]
+    calls = [("GET", path, None) for path in paths] + [
+        ("POST", "/api/v1/clips", {"camera_id": "cam-a", "from": "2026-01-01", "to": "2026-01-01T00:01Z"}),
+        ("PATCH", "/api/v1/clips/1", {"name": "x"}), ("DELETE", "/api/v1/clips/1", None)]
+    for method, path, payload in calls:
         for token in (None, "wrong-token", ""):
-            status, headers, body = await asyncio.to_thread(api.call, path, token)
+            status, headers, body = await asyncio.to_thread(api.call, path, token, method, None, payload)
             assert status == 401, (path, token, status)
             assert json.loads(body)["error"] == "unauthorized"
             assert headers["www-authenticate"].startswith("Bearer")
