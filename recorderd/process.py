@@ -129,8 +129,16 @@ async def stop_process(proc: asyncio.subprocess.Process, q_wait: float, term_wai
 
 
 async def port_open(host: str, port: int, timeout: float) -> bool:
+    """Whether something listens on host:port.
+
+    A reset counts as open: a peer that accepts and resets at once can have its RST land before a
+    busy loop reads the connect result, and calling that port closed would let the supervisor treat
+    the next probe as "the camera came back" and skip its backoff.
+    """
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (ConnectionResetError, ConnectionAbortedError):
+        return True
     except (OSError, TimeoutError):
         return False
     writer.close()

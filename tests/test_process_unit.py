@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -87,3 +88,18 @@ def test_setpriv_missing_falls_back_to_preexec(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(process, "_SETPRIV", [None])
     argv, wrapped = process.pdeathsig_argv(["ffmpeg", "-i", "x"])
     assert argv == ["ffmpeg", "-i", "x"] and not wrapped
+
+
+async def test_port_open_counts_a_reset_as_open_and_a_refusal_as_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A camera that accepts and resets: on a busy loop the RST arrives before the connect result is
+    # read. Calling that "closed" made the next probe look like the camera coming back (CI flake).
+    async def reset(*_a: object, **_k: object) -> None:
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(asyncio, "open_connection", reset)
+    assert await process.port_open("127.0.0.1", 9, timeout=1.0) is True
+    monkeypatch.undo()
+    with socket.socket() as s:  # a port nobody listens on: refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert await process.port_open("127.0.0.1", port, timeout=1.0) is False
