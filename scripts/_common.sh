@@ -2,7 +2,7 @@
 # Shared setup for scripts/test, scripts/demo, scripts/bench. Source it from the repo root:
 #
 #   cd "$(dirname "$0")/.." && source scripts/_common.sh
-#   rd_ensure_system   # Debian packages: ffmpeg, GStreamer RTSP server, PostgreSQL, promtool
+#   rd_ensure_system   # Debian packages: ffmpeg, GStreamer RTSP server, PostgreSQL, Chromium, promtool
 #   rd_ensure_venv     # .venv with the project and its test extras
 #
 # Both are quiet when there is nothing to do and loud when something fails.
@@ -31,6 +31,7 @@ RD_APT_PACKAGES=(
     gstreamer1.0-libav
     faketime  # libfaketime: the clock-step tests move the wall clock under a running daemon
     util-linux  # setpriv --pdeathsig: FFmpeg dies with the daemon without a fork-time hook
+    chromium  # the web page's browser tests: Playwright drives /usr/bin/chromium (executable_path)
 )
 # promtool, amtool, systemd-analyze, shellcheck: their checks skip without them
 RD_APT_OPTIONAL=(prometheus prometheus-alertmanager systemd shellcheck)
