@@ -21,6 +21,7 @@ import asyncpg
 
 from recorderd import __version__, looplag, metrics, systemd
 from recorderd.api.app import HttpServer
+from recorderd.api.session import SessionKeeper, load_key
 from recorderd.clock import RunLedger, WallClock
 from recorderd.config import Camera, Config, ConfigError, diff_cameras, read_config_text
 from recorderd.configwatch import ConfigWatcher
@@ -316,7 +317,10 @@ class Daemon:
         for warning in cfg.warnings:
             log.warning("config_warning", detail=warning)
         if cfg.http.listen:
-            self.http = HttpServer(cfg.http.listen, self.health, services=self)
+            # browser sessions outlive a restart via a key in the state dir, never on an unmounted disk
+            key_file = cfg.storage.status_file.parent / "session.key" if self.volume.state == "ok" else None
+            key = await asyncio.to_thread(load_key, key_file)
+            self.http = HttpServer(cfg.http.listen, self.health, services=self, sessions=SessionKeeper(key))
             try:
                 await self.http.start()
             except OSError as exc:

@@ -22,6 +22,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from recorderd import metrics
 from recorderd.api.auth import ANONYMOUS, Authenticator, Principal, UrlSigner
 from recorderd.api.errors import ApiError, json_error
+from recorderd.api.session import COOKIE, SessionKeeper, load_key, same_origin
 from recorderd.config import Config
 from recorderd.db import Database
 from recorderd.events import OpenFile
@@ -36,6 +37,8 @@ MAX_HEADER_BYTES = 8190
 # paths a signed URL may open instead of a token: files a <video> element, ffmpeg or a download link
 # fetch without headers (segment media, a clip's file)
 _SIGNABLE = re.compile(r"^/api/v1/(media/[^/]+\.mp4|clips/[0-9]{1,18}\.mp4)\Z")
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_SESSION_PATH = "/api/v1/session"  # signing in and out needs no credentials
 
 
 class Services(Protocol):
@@ -73,13 +76,15 @@ class HttpServer:
     the API; without it only ``/metrics`` and ``/healthz`` are served."""
 
     def __init__(self, listen: str, health: Callable[[], list[str]], *, services: Services | None = None,
-                 registry: CollectorRegistry = REGISTRY, signer: UrlSigner | None = None) -> None:
+                 registry: CollectorRegistry = REGISTRY, signer: UrlSigner | None = None,
+                 sessions: SessionKeeper | None = None) -> None:
         self._host, self._port = parse_listen(listen)
         self._listen = listen
         self._health = health
         self._registry = registry
         self.services = services
         self.signer = signer or UrlSigner()
+        self.sessions = sessions or SessionKeeper(load_key(None))
         self._exposition = make_aiohttp_handler(registry)  # prometheus-client's own (gzip, OpenMetrics)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -124,9 +129,12 @@ class HttpServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         if self.services is not None:
-            from recorderd.api import cameras, clips, exports, playback
+            from recorderd.api import cameras, clips, exports, page, playback, session, storage
 
             services = self.services
+            page.add_routes(app)
+            session.add_routes(app, services, self.sessions)
+            storage.add_routes(app, services)
             slots = exports.CutSlots(lambda: services.config.http.max_exports)
             cameras.add_routes(app, services, self.signer)
             playback.add_routes(app, services, self.signer)
@@ -155,16 +163,29 @@ class HttpServer:
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith("/api/") or self.services is None:
             return await handler(request)
-        auth = Authenticator(self.services.config.http.tokens)  # the live config: reloads apply at once
+        if request.path == _SESSION_PATH and request.method in ("POST", "DELETE"):
+            return await handler(request)
+        tokens = self.services.config.http.tokens  # the live config: reloads apply at once
+        auth = Authenticator(tokens)
         principal: Principal | None
-        if not auth.required:
+        if not auth.required:  # loopback only, but a page on another site can still post to it
             principal = ANONYMOUS
+            if request.method not in _SAFE_METHODS and "Origin" in request.headers and not same_origin(request):
+                raise ApiError(403, "forbidden", "a change from another site's page is refused (Origin)")
         elif request.headers.get("Authorization"):
             principal = auth.from_header(request.headers.get("Authorization"))
+        elif (session := self.sessions.principal(request.cookies.get(COOKIE), tokens)) is not None:
+            principal = session  # the page's session: a change must come from this host's page
+            if request.method not in _SAFE_METHODS and not same_origin(request):
+                raise ApiError(403, "forbidden", "a change made with a session cookie must come from this "
+                                                 "host's page (Origin)")
         else:  # a signed URL (only the routes that serve a file's bytes accept one)
             name = self.signer.verify(request.path, request.query) if (
                 request.method in ("GET", "HEAD") and _SIGNABLE.match(request.path)) else None
             principal = auth.by_name(name) if name is not None else None
+        if principal is None and request.path == _SESSION_PATH:
+            request["principal"] = None  # "who am I?" answers "nobody" rather than failing: the page asks
+            return await handler(request)
         if principal is None:
             raise ApiError(401, "unauthorized", "a valid token is required (Authorization: Bearer <token>)",
                            {"WWW-Authenticate": 'Bearer realm="recorderd"'})

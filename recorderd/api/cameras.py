@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import os
 import time
+import zoneinfo
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -40,7 +42,7 @@ QUERY_TIMEOUT = 10.0
 RUN_GAP = 1.0  # seconds between two segments that the timeline still draws as one run
 
 _DAYS_SQL = """
-SELECT (start_time AT TIME ZONE 'UTC')::date AS day, sum(duration_seconds) AS seconds,
+SELECT (start_time AT TIME ZONE $2)::date AS day, sum(duration_seconds) AS seconds,
        min(start_time) AS first, max(end_time) AS last, count(*) AS segments
 FROM segments WHERE camera_id = $1 AND NOT deleting GROUP BY 1 ORDER BY 1"""
 # one index probe per day with footage (a loose index scan), not a scan of every segment
@@ -189,8 +191,9 @@ class CameraApi:
 
     async def days(self, request: web.Request) -> web.Response:
         cam = self.camera(request)
+        tz = time_zone(request)
         async with self.conn() as conn:
-            rows = await conn.fetch(_DAYS_SQL, cam.id, timeout=QUERY_TIMEOUT)
+            rows = await conn.fetch(_DAYS_SQL, cam.id, tz, timeout=QUERY_TIMEOUT)
         keep = cam.retention_days * DAY
         days = [{"date": r["day"].isoformat(), "seconds_recorded": round(float(r["seconds"]), 3),
                  "segments": r["segments"], "first": iso(r["first"].timestamp()),
@@ -199,7 +202,7 @@ class CameraApi:
                  "expires_from": iso(r["first"].timestamp() + keep),
                  "expires_at": iso(r["last"].timestamp() + keep)} for r in rows]
         return web.json_response({"camera_id": cam.id, "retention_days": cam.retention_days,
-                                  "days": days})
+                                  "time_zone": tz, "days": days})
 
     async def timeline(self, request: web.Request) -> web.Response:
         cam = self.camera(request)
@@ -260,6 +263,22 @@ def period(request: web.Request, *, required: bool) -> tuple[datetime, datetime]
     if out[0] >= out[1]:
         raise bad_request("to", "must be after from")
     return out[0], out[1]
+
+
+def time_zone(request: web.Request) -> str:
+    """``tz``: an IANA zone name (the browser's own) that days are counted in; UTC by default.
+
+    Only names in the system's zone list pass, so the text never reaches a file lookup or the query
+    as anything but a known zone name."""
+    name = request.query.get("tz", "UTC")
+    if name != "UTC" and name not in _zones():
+        raise bad_request("tz", "is not a known IANA time zone (e.g. Europe/Berlin)")
+    return name
+
+
+@functools.cache
+def _zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
 
 
 def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
