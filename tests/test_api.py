@@ -15,9 +15,11 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
@@ -143,7 +145,7 @@ async def test_every_api_path_needs_a_valid_token_but_metrics_and_healthz_do_not
              "/api/v1/media/1.mp4", "/api/v1/media/live-" + "0" * 32 + ".mp4",
              "/api/v1/cameras/cam-a/playlist.m3u8?from=2026-01-01&to=2026-01-02",
              "/api/v1/cameras/cam-a/export.mp4?from=2026-01-01T00:00Z&to=2026-01-01T00:01Z",
-             "/api/v1/clips", "/api/v1/clips/1", "/api/v1/clips/1.mp4"]
+             "/api/v1/clips", "/api/v1/clips/1", "/api/v1/clips/1.mp4", "/api/v1/storage"]
     calls = [("GET", path, None) for path in paths] + [
         ("POST", "/api/v1/clips", {"camera_id": "cam-a", "from": "2026-01-01", "to": "2026-01-01T00:01Z"}),
         ("PATCH", "/api/v1/clips/1", {"name": "x"}), ("DELETE", "/api/v1/clips/1", None)]
@@ -241,6 +243,18 @@ async def test_days_and_timeline(api: Api) -> None:
     assert tl["gaps"] and tl["gaps"][0]["start"] == tl["from"]  # nothing recorded an hour ago
     for gap, run in zip(tl["gaps"], tl["runs"], strict=False):
         assert gap["end"] <= run["start"]
+
+
+async def test_days_are_counted_in_the_viewers_time_zone(api: Api) -> None:
+    # the page asks in the browser's zone so its day bar runs from local midnight to midnight
+    for tz in ("Pacific/Kiritimati", "Pacific/Honolulu"):  # UTC+14 and UTC-10: never both the UTC date
+        status, doc = await asyncio.to_thread(api.json, f"/api/v1/cameras/cam-a/days?tz={tz}", "t1")
+        assert status == 200 and doc["time_zone"] == tz
+        first = datetime.fromisoformat(doc["days"][0]["first"].replace("Z", "+00:00"))
+        assert doc["days"][0]["date"] == first.astimezone(ZoneInfo(tz)).date().isoformat()
+    for bad in ("Mars/Olympus", "../../etc/passwd", "/etc/localtime", "UTC%00"):
+        status, doc = await asyncio.to_thread(api.json, f"/api/v1/cameras/cam-a/days?tz={quote(bad)}", "t1")
+        assert status == 400 and doc["detail"].startswith("tz:"), (bad, doc)
 
 
 @pytest.mark.parametrize(("query", "param"), [
