@@ -171,7 +171,7 @@ export class ClipPanel {
 export function clipError(err) {
   if (!(err instanceof ApiError)) return String(err.message || err);
   switch (err.code) {
-    case "clip_limit": return `Clip limit reached: ${err.message}.`;
+    case "clip_limit": return `Clip limit reached: ${err.message}`;
     case "no_footage": return "There is no footage in that period: choose a part of the bar that is recorded.";
     case "too_many_cuts": return "The recorder is busy cutting other clips; try again in a few seconds.";
     case "forbidden": return "This sign-in may watch but not change clips.";
