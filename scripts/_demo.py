@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -47,13 +49,18 @@ def main() -> int:
     cams.append(TestCam(port=CAM_PORTS[0], user="admin", password="demo-s3cret", audio="alaw").start())
     cams.append(TestCam(port=CAM_PORTS[1], audio="aac", fps=15, gop=15).start())
 
+    # sign-in tokens for the page and the API, new on every run (only their SHA-256 goes in the config)
+    ops_token, viewer_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    tokens = [{"name": "ops", "sha256": hashlib.sha256(ops_token.encode()).hexdigest(), "clips": True},
+              {"name": "city-1-viewer", "sha256": hashlib.sha256(viewer_token.encode()).hexdigest(),
+               "tenants": ["city-1"], "clips": False}]
     root = DEMO / "recordings"
     config = DEMO / "cameras.yaml"
     config.write_text(yaml.safe_dump({
         "storage": {"root": str(root), "min_free_percent": 5},
         "database": {"dsn": dsn},
         "defaults": {"segment_seconds": args.segment_seconds, "stall_seconds": 15},
-        "metrics": {"listen": "127.0.0.1:9108"},
+        "http": {"listen": "127.0.0.1:9108", "tokens": tokens},
         "cameras": [
             {"id": "cam-001", "name": "Entrada principal", "url": cams[0].url, "tenant": "city-1", "plan": "pro"},
             {"id": "cam-002", "name": "Parking", "url": cams[1].url, "tenant": "city-1", "plan": "basic"},
@@ -66,11 +73,15 @@ recorderd demo
   footage     {root}
   PostgreSQL  {pg.dsn('recorderd')}
   cameras     {cams[0].url_without_credentials} (password, G.711 audio -> AAC), {cams[1].url}
+  page        http://127.0.0.1:9108/  (from another machine: ssh -L 9108:127.0.0.1:9108 this-box)
+  sign in     {ops_token}   (ops: every camera, may save clips)
+              {viewer_token}   (city-1-viewer: city-1's cameras, watch only)
 In another terminal:
   {rd} status  --config {config}
   {rd} search  --config {config} --camera cam-001
   {rd} storage --config {config}
   curl -s 127.0.0.1:9108/metrics | grep ^recorderd_camera ; curl -s 127.0.0.1:9108/healthz
+  curl -s -H "Authorization: Bearer {ops_token}" 127.0.0.1:9108/api/v1/cameras
   edit {config} (add a camera, change segment_seconds): it is picked up live
 Ctrl-C stops the daemon (each FFmpeg closes its segment cleanly).
 """, flush=True)
