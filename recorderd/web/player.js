@@ -17,7 +17,13 @@ export class Player {
     this._url = null;
   }
 
-  static usesHlsJs() { return Boolean(Hls && Hls.isSupported()); }
+  /** hls.js where Media Source Extensions exist; else the browser's own HLS (Safari on iOS).
+   *  localStorage["recorderd.player"] = "native" forces the latter (the tests use it). */
+  static usesHlsJs() {
+    let forced = null;
+    try { forced = localStorage.getItem("recorderd.player"); } catch { /* storage disabled */ }
+    return forced !== "native" && Boolean(Hls && Hls.isSupported());
+  }
 
   /** Load a playlist; resolves once its fragments are known (the first frame may still be coming). */
   load(url, { startWall = null } = {}) {
