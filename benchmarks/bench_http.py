@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -672,9 +672,16 @@ def main() -> int:
     args = ap.parse_args()
     if not 1 <= args.hours <= 167:
         ap.error("--hours must be 1..167 (a playlist covers at most a week, and one more hour is seeded)")
-    work = Path(tempfile.mkdtemp(prefix="bench-http-"))
+    return run_bench("bench-http-", "recorderd HTTP API bench", args, bench)
+
+
+def run_bench(prefix: str, title: str, args: argparse.Namespace,
+              body: Callable[[argparse.Namespace, Path, PgCluster, TestCam], Awaitable[None]]) -> int:
+    """A work dir, a private PostgreSQL and one test camera around ``body`` (uvloop if installed);
+    everything is torn down after, the work dir kept with ``args.keep``. Shared with bench_page."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     os.chmod(work, 0o755)  # the test PostgreSQL runs unprivileged when we are root
-    print(f"recorderd HTTP API bench: {os.cpu_count()} cores, work dir {work}", flush=True)
+    print(f"{title}: {os.cpu_count()} cores, work dir {work}", flush=True)
     pg = PgCluster(work / "pg")
     cam = TestCam(fps=10, gop=10)
     try:
@@ -683,9 +690,9 @@ def main() -> int:
         try:
             import uvloop
         except ImportError:  # pragma: no cover
-            asyncio.run(bench(args, work, pg, cam))
+            asyncio.run(body(args, work, pg, cam))
         else:
-            uvloop.run(bench(args, work, pg, cam))
+            uvloop.run(body(args, work, pg, cam))
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -697,7 +704,6 @@ def main() -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -25,10 +25,8 @@ import math
 import os
 import random
 import secrets
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +44,7 @@ from bench_http import (
     make_footage,
     pct,
     run,
+    run_bench,
     seed,
     wait_ready,
     write_config,
@@ -155,8 +154,8 @@ async def bench(args: argparse.Namespace, work: Path, pg: PgCluster, cam: TestCa
                 await page.click("#signin-form button[type=submit]")
                 await page.wait_for_selector("#grid .tile")
                 rng = random.Random(args.seed)
-                for camera, shape in ((LIVE, "live, 2 s files"), (SEED_1H, "24 h of 1 h files"),
-                                      (SEED_10S, "24 h of 10 s files")):
+                for camera, shape in ((LIVE, "live, 2 s files"), (SEED_1H, f"{args.hours} h of 1 h files"),
+                                      (SEED_10S, f"{args.hours} h of 10 s files")):
                     opens = await open_times(page, base, camera, args.tries)
                     print(line(f"open -> first frame ({shape})", opens, TARGET_OPEN), flush=True)
                 for camera, shape in ((SEED_1H, "1 h files"), (SEED_10S, "10 s files"), (LIVE, "live, 2 s files")):
@@ -178,27 +177,7 @@ def main() -> int:
     if not os.path.exists(CHROMIUM):
         print(f"error: {CHROMIUM} is missing (apt-get install chromium; scripts/bench installs it)", file=sys.stderr)
         return 1
-    work = Path(tempfile.mkdtemp(prefix="bench-page-"))
-    os.chmod(work, 0o755)  # the test PostgreSQL runs unprivileged when we are root
-    print(f"recorderd page bench: {os.cpu_count()} cores, work dir {work}", flush=True)
-    pg = PgCluster(work / "pg")
-    cam = TestCam(fps=10, gop=10)
-    try:
-        pg.start()
-        cam.start()
-        asyncio.run(bench(args, work, pg, cam))
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        cam.stop()
-        pg.destroy()
-        if args.keep:
-            print(f"kept {work}", flush=True)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    return 0
-
+    return run_bench("bench-page-", "recorderd page bench", args, bench)
 
 if __name__ == "__main__":
     raise SystemExit(main())

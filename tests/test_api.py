@@ -8,7 +8,6 @@ not exist), for 401 without or with a wrong token, and for what it returns.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import http.client
 import json
 import os
@@ -23,9 +22,8 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
-import yaml
 from fixtures_cam import TestCam, free_port
-from util import DaemonProc, camera_doc, config_doc, wait_until
+from util import DaemonProc, camera_doc, wait_until, write_api_config
 
 pytestmark = pytest.mark.integration
 
@@ -75,19 +73,13 @@ def api(api_cams: tuple[TestCam, ...], pg_cluster: Any, tmp_path_factory: pytest
     dsn = pg_cluster.create_database("api_" + uuid.uuid4().hex[:8])
     port = free_port()
     root = tmp / "rec"
-    tokens = [{"name": name, "sha256": hashlib.sha256(tok.encode()).hexdigest(),
-               **({"tenants": [name]} if name != "ops" else {}), "clips": name != "t2"}
-              for name, tok in TOKENS.items()]
-    doc = config_doc(root, [camera_doc("cam-a", api_cams[0].url, tenant="t1"),
-                            camera_doc("cam-b", api_cams[1].url, tenant="t2", plan="tiny"),
-                            camera_doc("cam-off", api_cams[0].url, tenant="t1", enabled=False),
-                            # longer files: live playback lists the open file's complete 4 s pieces
-                            camera_doc("cam-live", api_cams[2].url, tenant="t1", segment_seconds=8)],
-                     database={"dsn": dsn}, http={"listen": f"127.0.0.1:{port}", "tokens": tokens},
-                     plans={"tiny": {"retention_days": 7, "max_clips": 2}})
-    doc.pop("metrics")
-    cfg = tmp / "cameras.yaml"
-    cfg.write_text(yaml.safe_dump(doc))
+    cfg = write_api_config(tmp / "cameras.yaml", root, [
+        camera_doc("cam-a", api_cams[0].url, tenant="t1"),
+        camera_doc("cam-b", api_cams[1].url, tenant="t2", plan="tiny"),
+        camera_doc("cam-off", api_cams[0].url, tenant="t1", enabled=False),
+        # longer files: live playback lists the open file's complete 4 s pieces
+        camera_doc("cam-live", api_cams[2].url, tenant="t1", segment_seconds=8)],
+        dsn=dsn, port=port, tokens=TOKENS, watch_only=("t2",), plans={"tiny": {"retention_days": 7, "max_clips": 2}})
     d = DaemonProc(cfg, root, tmp / "daemon.log").start()
     a = Api(port, d, dsn, root)
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import http.client
 import json
 import os
@@ -24,9 +23,8 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
-import yaml
 from fixtures_cam import TestCam, free_port
-from util import REPO, DaemonProc, camera_doc, config_doc
+from util import REPO, DaemonProc, camera_doc, write_api_config
 
 pytestmark = pytest.mark.integration
 
@@ -69,17 +67,11 @@ def site(pg_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         cam.start()
     port = free_port()
     root = tmp / "rec"
-    tokens = [{"name": name, "sha256": hashlib.sha256(tok.encode()).hexdigest(),
-               **({"tenants": [name]} if name != "ops" else {}), "clips": True}
-              for name, tok in TOKENS.items()]
-    doc = config_doc(root, [camera_doc("gate", cams["gate"].url, name="Front gate", tenant="t1", plan="basic"),
-                            camera_doc("yard", cams["yard"].url, name="Yard", tenant="t1", plan="tiny"),
-                            camera_doc("shop", cams["shop"].url, name="Shop floor", tenant="t2")],
-                     database={"dsn": dsn}, http={"listen": f"127.0.0.1:{port}", "tokens": tokens},
-                     plans={"tiny": {"retention_days": 7, "max_clips": 2}})
-    doc.pop("metrics")
-    cfg = tmp / "cameras.yaml"
-    cfg.write_text(yaml.safe_dump(doc))
+    cfg = write_api_config(tmp / "cameras.yaml", root, [
+        camera_doc("gate", cams["gate"].url, name="Front gate", tenant="t1", plan="basic"),
+        camera_doc("yard", cams["yard"].url, name="Yard", tenant="t1", plan="tiny"),
+        camera_doc("shop", cams["shop"].url, name="Shop floor", tenant="t2")],
+        dsn=dsn, port=port, tokens=TOKENS, plans={"tiny": {"retention_days": 7, "max_clips": 2}})
     d = DaemonProc(cfg, root, tmp / "daemon.log").start()
     s = Site(port, d, dsn, cams)
     try:

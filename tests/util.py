@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import subprocess
 import time
@@ -52,6 +53,20 @@ def config_doc(root: Path, cameras: list[dict[str, Any]], **extra: Any) -> dict[
     for key, value in extra.items():
         doc[key] = value
     return doc
+
+
+def write_api_config(path: Path, root: Path, cameras: list[dict[str, Any]], *, dsn: str, port: int,
+                     tokens: dict[str, str], watch_only: tuple[str, ...] = (), **extra: Any) -> Path:
+    """A daemon config with the API on 127.0.0.1:``port``: each token named by its key, scoped to the
+    tenant of the same name (``ops`` sees every tenant), allowed to change clips unless ``watch_only``."""
+    docs = [{"name": name, "sha256": hashlib.sha256(secret.encode()).hexdigest(),
+             **({"tenants": [name]} if name != "ops" else {}), "clips": name not in watch_only}
+            for name, secret in tokens.items()]
+    doc = config_doc(root, cameras, database={"dsn": dsn},
+                     http={"listen": f"127.0.0.1:{port}", "tokens": docs}, **extra)
+    doc.pop("metrics")
+    path.write_text(yaml.safe_dump(doc))
+    return path
 
 
 def make_config(root: Path, cameras: list[dict[str, Any]], **extra: Any) -> Config:
