@@ -531,7 +531,7 @@ class Indexer:
 
     async def _run_watcher(self) -> None:
         watcher = Watcher(self._config.storage.root, current_files=self.current_files,
-                          is_known=self.is_known, on_settled=self.index_found)
+                          is_known=self.is_known, on_settled=self.index_found, on_lost=self._start_reconcile)
         await watcher.run()
 
     async def index_found(self, files: list[FoundFile], source: str = "watch") -> int:

@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from watchfiles import Change, awatch
-
 from recorderd import layout, metrics, mp4, queries
 from recorderd.diskguard import Outcome, unlink_batch
+from recorderd.inotify import DirWatch, WatchLimit
 from recorderd.logging import get_logger
 from recorderd.probe import FoundFile
 
@@ -106,14 +105,6 @@ def _found(root: Path, path: str, entry: os.DirEntry[str] | None = None) -> Foun
 
 def stat_found(root: Path, paths: list[str]) -> list[FoundFile]:
     return [f for f in (_found(root, p) for p in paths) if f is not None]
-
-
-def scan_tree(root: Path, top: str) -> list[str]:
-    """``.mp4`` files under a directory moved into the root (inotify reports only the directory)."""
-    out: list[str] = []
-    for dirpath, _dirs, files in os.walk(top):
-        out += [os.path.join(dirpath, f) for f in files if f.endswith(".mp4")]
-    return out
 
 
 # --------------------------------------------------------------------------- reconcile
@@ -360,30 +351,43 @@ class Reconciler:
 
 
 class Watcher:
-    """Indexes ``.mp4`` files that show up in the layout outside the completion-event path.
+    """Indexes segment files that show up in the layout outside the completion-event path.
 
-    A normal segment costs one set lookup per change batch: it is open by FFmpeg (current_files),
-    pending, or recently committed. Anything else waits until it has settled, then is handed on.
+    It watches directories only, for new names (``inotify.DirWatch``): the root for camera
+    directories, each camera directory for day directories, each day directory for files. FFmpeg's
+    writes into its open file are invisible to such a watch, so recording pays nothing for it, and
+    the watch is read once a tick rather than woken per event. A new file that is open by FFmpeg
+    (current_files), pending or recently committed costs one set lookup; anything else is stat'ed
+    each tick until it has not changed for ``settle_seconds`` (a copy in progress), then handed on.
+    When the kernel drops events (queue overflow) or refuses more watches, ``on_lost`` is called so
+    the owner can reconcile the whole root instead.
     """
 
     def __init__(self, root: Path, *, current_files: Callable[[], set[str]],
                  is_known: Callable[[str], bool],
                  on_settled: Callable[[list[FoundFile]], Awaitable[Any]],
-                 settle_seconds: float = SETTLE_SECONDS, debounce_ms: int = 500) -> None:
+                 on_lost: Callable[[], None] | None = None,
+                 settle_seconds: float = SETTLE_SECONDS, tick: float = 1.0) -> None:
         self.root = root
         self._current_files = current_files
         self._is_known = is_known
         self._on_settled = on_settled
+        self._on_lost = on_lost
         self._settle = settle_seconds
-        self._debounce = debounce_ms
-        self._candidates: dict[str, float] = {}  # path -> monotonic time of last change
-        self._state_prefix = os.path.join(str(root), layout.STATE_DIR) + os.sep
-        self._clips_prefix = os.path.join(str(root), layout.CLIPS_DIR) + os.sep  # saved clips: not footage
-        self._scans: set[asyncio.Task[None]] = set()
-        self.ready = asyncio.Event()  # set once the OS watch is in place (tests wait on it)
+        self._tick = tick
+        self._candidates: dict[str, float] = {}  # path -> monotonic time it was last seen changing
+        self._limit_logged = False
+        self.ready = asyncio.Event()  # set once the OS watches are in place (tests wait on it)
+
+    @property
+    def watched(self) -> int:
+        """Directories watched right now (0 when not running)."""
+        return len(self._dw) if self._dw is not None else 0
+
+    _dw: DirWatch | None = None
 
     async def run(self) -> None:
-        """Watch until cancelled; a failing watch (e.g. inotify limit) is logged and retried."""
+        """Watch until cancelled; a failing watch is logged and retried."""
         backoff = 5.0
         while True:
             try:
@@ -399,61 +403,101 @@ class Watcher:
     async def _watch(self) -> None:
         while not await asyncio.to_thread(os.path.isdir, self.root):  # noqa: ASYNC110 (no event for mkdir)
             await asyncio.sleep(self._settle)
-        settle_task = asyncio.create_task(self._settle_loop(), name="watcher-settle")
+        dw = self._dw = DirWatch()
         try:
-            changes_iter = awatch(self.root, watch_filter=self._filter, debounce=self._debounce, step=50,
-                                  recursive=True, yield_on_timeout=True, rust_timeout=1000,
-                                  ignore_permission_denied=True)
-            async for changes in changes_iter:
-                self.ready.set()
-                if changes:
-                    self._handle(changes)
+            # watches first, then a look: a file made in between is seen by the look
+            await asyncio.to_thread(self._add_tree, str(self.root), 0, False)  # files: reconcile's
+            self.ready.set()
+            while True:
+                await asyncio.sleep(self._tick)
+                await self._tick_once(dw)
         finally:
             self.ready.clear()
-            settle_task.cancel()
-            for t in [settle_task, *self._scans]:
-                t.cancel()
+            self._dw = None
+            dw.close()
 
-    def _filter(self, change: Change, path: str) -> bool:
-        return (change != Change.deleted and not path.startswith(self._state_prefix)
-                and not path.startswith(self._clips_prefix) and path != self._clips_prefix[:-1])
+    async def _tick_once(self, dw: DirWatch) -> None:
+        entries = dw.read()
+        if dw.overflowed:
+            dw.overflowed = False
+            log.warning("watcher_overflow", root=str(self.root),
+                        action="events were lost: re-watching and reconciling the root")
+            await asyncio.to_thread(self._add_tree, str(self.root), 0, False)
+            self._lost()
+        dirs = [(e.path, depth) for e in entries if e.is_dir and (depth := self._depth(e.path)) in (1, 2)]
+        files = [e.path for e in entries if not e.is_dir and self._depth(e.path) == 3]
+        if dirs:
+            for path, depth in dirs:
+                files += await asyncio.to_thread(self._add_tree, path, depth, True)
+        self._note(files)
+        try:
+            await self._settle_once()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("watcher_failed", root=str(self.root), reason=str(exc)[:200])
 
-    def _handle(self, changes: set[tuple[Change, str]]) -> None:
-        busy: set[str] | None = None
-        now = time.monotonic()
-        for change, path in changes:
-            if not path.endswith(".mp4"):
-                if change == Change.added:
-                    self._scan_later(path)
+    def _depth(self, path: str) -> int:
+        """1 for a camera directory, 2 for a day directory, 3 for a file in it; 0 for anything else."""
+        rel = os.path.relpath(path, self.root).split(os.sep)
+        if rel[0] in (".", "..") or not layout.is_camera_dir_name(rel[0]) or len(rel) > 3:
+            return 0
+        if len(rel) >= 2 and not layout.DAY_RE.match(rel[1]):
+            return 0
+        if len(rel) == 3 and not layout.FILE_RE.match(rel[2]):
+            return 0
+        return len(rel)
+
+    def _add_tree(self, top: str, depth: int, collect: bool) -> list[str]:
+        """Watch ``top`` (at ``depth``) and the layout directories under it.
+
+        ``collect``: also return the segment files in them (a directory that just appeared: files
+        made before its watch was in place are seen here). At start-up and after an overflow the
+        files are reconcile's, so day directories are watched without listing them. In a worker
+        thread: watches and scans touch the storage, which may hang.
+        """
+        dw = self._dw
+        if dw is None:
+            return []
+        files: list[str] = []
+        try:
+            if not dw.add(top) or (depth == 2 and not collect):
+                return files
+            with os.scandir(top) as it:
+                entries = list(it)
+        except WatchLimit as exc:
+            if not self._limit_logged:
+                self._limit_logged = True
+                log.error("watcher_failed", root=str(self.root), reason=str(exc),
+                          action="directories past the limit are covered by reconcile only")
+            return files
+        except OSError:
+            return files
+        for e in entries:
+            child = depth + 1
+            if self._depth(e.path) != child:
                 continue
-            if busy is None:
-                busy = self._current_files()
+            if child == 3:
+                files.append(e.path)
+            elif e.is_dir(follow_symlinks=False):
+                files += self._add_tree(e.path, child, collect)
+        return files
+
+    def _lost(self) -> None:
+        if self._on_lost is not None:
+            self._on_lost()
+
+    def _note(self, paths: list[str]) -> None:
+        """New names: skip FFmpeg's open files and indexed ones, watch the rest until they settle."""
+        if not paths:
+            return
+        busy = self._current_files()
+        now = time.monotonic()
+        for path in paths:
             if path in busy or self._is_known(path):
                 self._candidates.pop(path, None)
-                continue
-            self._candidates[path] = now
-
-    def _scan_later(self, path: str) -> None:
-        """A directory moved in: inotify does not report the files inside it, so look."""
-        async def scan() -> None:
-            found = await asyncio.to_thread(lambda: scan_tree(self.root, path) if os.path.isdir(path) else [])
-            now = time.monotonic()
-            for p in found:
-                self._candidates.setdefault(p, now)
-
-        task = asyncio.create_task(scan())
-        self._scans.add(task)
-        task.add_done_callback(self._scans.discard)
-
-    async def _settle_loop(self) -> None:
-        while True:
-            await asyncio.sleep(min(1.0, self._settle / 2))
-            try:
-                await self._settle_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.error("watcher_failed", root=str(self.root), reason=str(exc)[:200])
+            else:
+                self._candidates.setdefault(path, now)
 
     async def _settle_once(self) -> None:
         now = time.monotonic()

@@ -249,8 +249,8 @@ async def test_no_sweep_floor_reconcile_or_watcher_touches_clips(seeded: Seeded,
     assert watcher.scan_camera(root, CLIPS_DIR) == {}  # parse_segment_path refuses the reserved name
     assert diskguard.unlink_batch(root, [(CLIPS_DIR, str(decoy))])[0].outcome is diskguard.Outcome.REFUSED
     w = watcher.Watcher(root, current_files=set, is_known=lambda p: False, on_settled=lambda f: asyncio.sleep(0))
-    assert not w._filter(watcher.Change.added, str(path)) and not w._filter(watcher.Change.added, str(root / CLIPS_DIR))
-    assert w._filter(watcher.Change.added, s1.path)
+    assert w._depth(str(path)) == 0 and w._depth(str(root / CLIPS_DIR)) == 0  # never watched or noted
+    assert w._depth(s1.path) == 3
     ix = FakeIndex(seeded.config, db)
     async with db.acquire() as conn:
         await conn.execute("DELETE FROM segments WHERE path = $1", s3.path)  # one orphan for reconcile to find
