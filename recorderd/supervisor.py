@@ -1,7 +1,8 @@
 """One FFmpeg per camera, kept recording whatever the camera does.
 
 A supervisor never raises: an unreachable camera is ``offline`` (a normal state), a crash is a
-restart with backoff, a frozen camera is ``stalled`` and killed. FFmpeg exits 0 when a camera
+restart (at once after good work, with backoff for a camera that keeps failing: ``restarts``), a
+frozen camera is ``stalled`` and killed. FFmpeg exits 0 when a camera
 drops, so the exit code alone never means "clean": only a stop we asked for is clean.
 
 Times: ``stamps.RunTimeline`` turns the segment list's stream seconds into wall times (anchored on
@@ -31,18 +32,16 @@ from recorderd.events import OpenFile, SegmentEvent
 from recorderd.layout import day_names, ffmpeg_pattern, find_segment, newest_name_time, parse_segment_path
 from recorderd.logging import get_logger
 from recorderd.masking import mask_text, secrets_of
-from recorderd.process import SpawnPacer, port_open, spawn, stop_process
+from recorderd.process import SpawnPacer, spawn, stop_process
 from recorderd.progress import ProgressPoller
 from recorderd.ratelimit import KeyedRateLimiter
+from recorderd.restarts import IMMEDIATE, Exit, RestartPolicy
 from recorderd.stamps import PERSISTENT, RunTimeline, Stamp
 
 STDERR_TAIL = 30
-PROBE_INTERVAL = 1.0  # TCP probe of an offline camera, so a return is noticed within seconds
 STARTUP_GRACE = 15.0  # extra time before the first byte counts as a stall
 # FFmpeg stderr forwarded to the journal: a burst of 20 lines, then 1 line/s per camera
 _STDERR_LIMIT = KeyedRateLimiter(rate=1.0, burst=20)
-# exits that are our own doing and restart at once (no backoff, not the camera's fault)
-_IMMEDIATE = ("audio_transcode", "clock_step", "resync")
 
 
 def forget_camera(camera_id: str) -> None:
@@ -86,7 +85,6 @@ class CameraSupervisor:
         self.sink = sink
         self.ffmpeg_bin = ffmpeg_bin
         self.probe = probe
-        self.backoff = backoff or Backoff()
         self._own_clock = clock is None  # standalone (tests): run our own clock and poller tasks
         self.clock = clock or WallClock()
         self._own_poller = progress is None
@@ -104,6 +102,7 @@ class CameraSupervisor:
         self._secrets = secrets_of(camera.url)
         self._audio_mode = "copy" if camera.audio == "auto" else camera.audio
         self._stopping = asyncio.Event()
+        self._restart = RestartPolicy(camera.url, self._stopping, backoff=backoff, log=self.log)
         self._held: str | None = None
         self._released = asyncio.Event()
         self._released.set()
@@ -197,7 +196,7 @@ class CameraSupervisor:
             except Exception as exc:  # a supervisor bug must not take the daemon down
                 self.log.exception("supervisor_error", error=mask_text(repr(exc), self._secrets))
                 self.kill_now(stopping=False)
-                await self._sleep(self.backoff.next_delay())
+                await self._sleep(self._restart.backoff.next_delay())
 
     async def stop(self, q_wait: float = 4.0, term_wait: float = 2.0) -> None:
         """Ask FFmpeg to finish (``q``) so the open segment is closed cleanly, escalating if it hangs."""
@@ -251,7 +250,7 @@ class CameraSupervisor:
                 self._storage_error_logged = True
                 self.log.error("storage_error", path=str(cam_dir), error=str(exc))
             self._after_exit(run, rc=None, reason="storage_error")
-            await self._wait_before_retry(run, "storage_error")
+            await self._wait_before_retry(run, "storage_error", recorded=False)
             return
         self._storage_error_logged = False
         await self.pacer.turn()  # a mass start spreads over a few seconds
@@ -279,7 +278,7 @@ class CameraSupervisor:
         except OSError as exc:
             self.log.error("ffmpeg_spawn_failed", error=str(exc), ffmpeg=self.ffmpeg_bin)
             self._after_exit(run, rc=None, reason="spawn_failed")
-            await self._wait_before_retry(run, "spawn_failed")
+            await self._wait_before_retry(run, "spawn_failed", recorded=False)
             return
         run.proc = proc
         self._fp.reset(time.monotonic())
@@ -303,12 +302,21 @@ class CameraSupervisor:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*readers, return_exceptions=True)
         wrote = self._fp.wrote_bytes
+        recorded = self.state == "recording"
         self._fp.path = None
-        await self._finish_open_segments(run)
+        cut = list(run.opened.values())
+        run.opened.clear()
+        restarting = not self._stopping.is_set() and self._held is None
+        if restarting and cut:
+            # the cut file is probed while the next FFmpeg starts: a probe waits its turn behind a
+            # reconcile's, and recording must not wait on that
+            self._spawn_task(self._finish_open_segments(run, cut))
+        else:
+            await self._finish_open_segments(run, cut)
         reason = self._exit_reason(run, rc, wrote)
         self._after_exit(run, rc, reason)
-        if not self._stopping.is_set() and self._held is None:
-            await self._wait_before_retry(run, reason)
+        if restarting:
+            await self._wait_before_retry(run, reason, recorded=recorded and (wrote or run.segments > 0))
 
     def _stop_run(self, run: _Run, q_wait: float, why: str) -> None:
         """Stop this run's FFmpeg in the background (from a callback), once."""
@@ -358,50 +366,22 @@ class CameraSupervisor:
                 self.log.warning("camera_offline", url=self.camera.masked_url, rc=rc, stderr=tail)
             self._set_state("offline")
             return
-        level = "warning" if reason in ("camera_dropped", "stall", *_IMMEDIATE) else "error"
+        level = "warning" if reason in ("camera_dropped", "stall", *IMMEDIATE) else "error"
         getattr(self.log, level)("ffmpeg_exited", rc=rc, reason=reason, run_seconds=round(lasted, 1),
                                  segments=run.segments, stderr=tail)
-        if reason not in _IMMEDIATE:
+        if reason not in IMMEDIATE:
             self._set_state("backoff")
 
-    async def _wait_before_retry(self, run: _Run, reason: str) -> None:
-        lasted = time.monotonic() - run.started
-        if reason in _IMMEDIATE:
-            delay = 0.0
-        else:
-            delay = self.backoff.next_delay(lasted if run.segments else 0.0)
-        # never reopen a file in the same wall-clock second the last run opened one: same name
-        delay = max(delay, (self._last_exit_wall // 1 + 1) - time.time())
+    async def _wait_before_retry(self, run: _Run, reason: str, *, recorded: bool) -> None:
+        unreachable = reason == "offline" and ffmpeg.classify_failure(list(run.stderr)) == "unreachable"
+        ended = Exit(reason=reason, lasted=time.monotonic() - run.started, recorded=recorded,
+                     segments=run.segments, unreachable=unreachable)
+        delay = max(self._restart.delay(ended), self._restart.name_wait(self._newest_name, self._last_exit_wall))
         self.log.debug("ffmpeg_restart_scheduled", reason=reason, delay=round(delay, 2))
-        if reason == "offline" and ffmpeg.classify_failure(list(run.stderr)) == "unreachable":
-            await self._wait_for_camera(delay)
-        else:
-            await self._sleep(delay)
+        await self._restart.wait(delay, ended)
         if not self._stopping.is_set() and reason != "offline":  # offline retries: logged once
-            self.log.info("ffmpeg_restarted", reason=reason, attempt=self.backoff.attempt)
-
-    async def _wait_for_camera(self, delay: float) -> None:
-        """Back off, but come back within a second of the camera's port opening again.
-
-        Only a port seen closed and then open cuts the wait short: a camera that accepts TCP and then
-        resets the stream would otherwise get a new FFmpeg every second, forever.
-        """
-        addr = ffmpeg.camera_address(self.camera.url)
-        deadline = time.monotonic() + delay
-        seen_closed = False
-        while not self._stopping.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            await self._sleep(min(PROBE_INTERVAL, left))
-            if addr is None:
-                continue
-            if await port_open(*addr, timeout=min(1.0, PROBE_INTERVAL)):
-                if seen_closed:
-                    self.log.debug("camera_port_open", host=addr[0], port=addr[1])
-                    return
-            else:
-                seen_closed = True
+            self.log.info("ffmpeg_restarted", reason=reason, attempt=self._restart.backoff.attempt,
+                          waited=round(delay, 2))
 
     # ------------------------------------------------------------------ FFmpeg output
 
@@ -507,7 +487,7 @@ class CameraSupervisor:
         run.seq += 1
         run.segments += 1
         self.segments_total += 1
-        self.last_segment_end = event.end
+        self.last_segment_end = max(event.end, self.last_segment_end or event.end)  # a cut file may come late
         metrics.SEGMENTS.labels(self.camera.id).inc()
         metrics.SEGMENT_BYTES.labels(self.camera.id).inc(event.size_bytes)
         metrics.note_segment_end(self.camera.id, event.end)
@@ -540,10 +520,9 @@ class CameraSupervisor:
         self._offline_logged = False
         self._set_state("recording")
 
-    async def _finish_open_segments(self, run: _Run) -> None:
+    async def _finish_open_segments(self, run: _Run, paths: list[str]) -> None:
         """A file FFmpeg never closed (killed, crashed) is still footage: index what it holds."""
-        for path in list(run.opened.values()):
-            run.opened.pop(os.path.basename(path), None)
+        for path in paths:
             try:
                 st = os.stat(path)
             except OSError:
@@ -621,10 +600,7 @@ class CameraSupervisor:
         self._days_ready = set(names)
 
     async def _sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        await self._restart.sleep(seconds)
 
     async def _wait_released(self) -> None:
         stop = asyncio.ensure_future(self._stopping.wait())

@@ -204,3 +204,35 @@ async def test_wrong_password_through_the_pipe_is_still_rejected_not_offline(tes
     await wait_until(lambda: rig.sup.restarts >= 1, 20, what="the first failed run")
     assert rig.sup.state == "backoff"
     assert metrics.FFMPEG_RESTARTS.labels("cam-1", "rejected")._value.get() >= 1
+
+
+async def test_a_crash_after_good_work_restarts_at_once_whatever_the_backoff(shared_cam, rigs) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL of a healthy camera's FFmpeg: recording again within 2 s even though earlier faults had
+    raised the backoff to 8 s, and the file it was cutting is recovered, not lost."""
+    rig = rigs(shared_cam.url, segment_seconds=4)
+    await wait_until(lambda: rig.sup.state == "recording" and len(rig.events) >= 1, 30,
+                     what="a segment recorded")
+
+    def cutting() -> bool:  # killed mid-segment, with fragments in the file (not only its header)
+        path = rig.sup.current_file
+        return path is not None and os.path.exists(path) and os.path.getsize(path) > 12_000
+
+    await wait_until(cutting, 10, what="a file with fragments")
+    rig.sup._restart.backoff.attempt = 3  # what faults earlier in the minute leave: next delay 8 s
+    pid, old_file = rig.sup.pid, rig.sup.current_file
+    assert pid is not None and old_file is not None
+    t0, killed_at = time.monotonic(), time.time()
+    os.kill(pid, signal.SIGKILL)
+    await wait_until(lambda: rig.sup.pid not in (None, pid), 10, what="a new FFmpeg")
+    started = time.monotonic() - t0
+    await wait_until(lambda: rig.sup.current_file not in (None, old_file), 10, what="a new file")
+    opened = time.monotonic() - t0
+    await wait_until(lambda: any(e.start > killed_at for e in rig.events), 20, what="a new segment")
+    first = next(e for e in rig.events if e.start > killed_at)
+    print(f"SIGKILL -> FFmpeg started {started:.2f}s, file open {opened:.2f}s, "
+          f"footage again {first.start - killed_at:.2f}s after the kill; {first}")
+    assert started < 2.0 and first.start - killed_at < 2.0, (started, first.start - killed_at)
+    assert rig.sup._restart.backoff.attempt == 0  # a camera that failed again now would start at 1 s
+    assert rig.sup.last_exit is not None and rig.sup.last_exit["reason"] == "killed"
+    await wait_until(lambda: any(e.path == old_file and e.source == "recovered" for e in rig.events), 15,
+                     what="the cut file indexed")
