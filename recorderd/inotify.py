@@ -25,8 +25,12 @@ import os
 import struct
 from dataclasses import dataclass
 
+IN_MODIFY = 0x00000002
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_FROM = 0x00000040
 IN_MOVED_TO = 0x00000080
 IN_CREATE = 0x00000100
+IN_DELETE = 0x00000200
 IN_DELETE_SELF = 0x00000400
 IN_MOVE_SELF = 0x00000800
 IN_Q_OVERFLOW = 0x00004000
@@ -35,7 +39,7 @@ IN_ONLYDIR = 0x01000000
 IN_DONT_FOLLOW = 0x02000000
 IN_ISDIR = 0x40000000
 
-MASK = IN_CREATE | IN_MOVED_TO | IN_ONLYDIR | IN_DONT_FOLLOW
+MASK = IN_CREATE | IN_MOVED_TO | IN_ONLYDIR | IN_DONT_FOLLOW  # new names only: writes stay unseen
 _HEADER = struct.Struct("iIII")  # wd, mask, cookie, len
 READ_SIZE = 256 * 1024
 
@@ -57,9 +61,14 @@ def _libc() -> ctypes.CDLL:
 
 
 class DirWatch:
-    """One inotify instance watching directories for new entries; not thread-safe (one owner)."""
+    """One inotify instance watching directories for new entries; not thread-safe (one owner).
 
-    def __init__(self) -> None:
+    ``mask`` may add events (the config watcher wants ``IN_CLOSE_WRITE``: an in-place save), at the
+    price of the per-write tax on that directory.
+    """
+
+    def __init__(self, mask: int = MASK) -> None:
+        self._mask = mask | IN_ONLYDIR
         self._libc = _libc()
         fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if fd < 0:
@@ -81,7 +90,7 @@ class DirWatch:
 
         Raises ``WatchLimit`` when no more watches can be had, ``OSError`` for anything else odd.
         """
-        wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), MASK)
+        wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), self._mask)
         if wd < 0:
             err = ctypes.get_errno()
             if err in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
@@ -124,7 +133,7 @@ class DirWatch:
                     del self._wds[gone]
                 continue
             parent = self._dirs.get(wd)
-            if parent is None or not mask & (IN_CREATE | IN_MOVED_TO):
+            if parent is None or not mask & self._mask:
                 continue
             name = os.fsdecode(raw.split(b"\0", 1)[0])
             out.append(Entry(path=os.path.join(parent, name), is_dir=bool(mask & IN_ISDIR)))

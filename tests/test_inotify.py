@@ -184,3 +184,33 @@ async def test_watcher_reconciles_after_lost_events_and_at_the_watch_limit(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_config_watcher_sees_in_place_and_rename_saves_once_each_and_nothing_else(tmp_path: Path) -> None:
+    from recorderd.configwatch import ConfigWatcher
+
+    cfg = tmp_path / "cameras.yaml"
+    cfg.write_text("a: 1\n")
+    calls: list[float] = []
+    w = ConfigWatcher(cfg, lambda: calls.append(time.monotonic()), debounce_ms=200)
+    task = asyncio.create_task(w.run())
+    try:
+        await asyncio.sleep(0.3)  # the watch is in place
+        (tmp_path / "other.yaml").write_text("x")  # not ours
+        await asyncio.sleep(0.5)
+        assert calls == []
+        with cfg.open("w") as fh:  # an in-place save: truncate, several writes, close
+            for i in range(5):
+                fh.write(f"a: {i}\n")
+                fh.flush()
+        await _until(lambda: len(calls) == 1)
+        tmp = tmp_path / ".cameras.yaml.swp"
+        tmp.write_text("a: 9\n")
+        os.rename(tmp, cfg)  # an editor's rename-save
+        await _until(lambda: len(calls) == 2)
+        await asyncio.sleep(0.5)
+        assert len(calls) == 2  # one reload per save, not one per event
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
