@@ -41,7 +41,8 @@ from recorderd.supervisor import CameraSupervisor, forget_camera
 from recorderd.volume import MARKER_REL, RootLock, RootLocked, StorageVolume
 
 log = get_logger()
-STATUS_INTERVAL = 2.0
+STATUS_INTERVAL = 2.0  # the status is looked at this often, and written when a state changed ...
+STATUS_REFRESH = 6.0  # ... or when it is this old (readers trust it for statusfile.FRESH_SECONDS)
 # the whole stop ends within shutdown_seconds + this, whatever hangs (then FFmpegs are killed)
 SHUTDOWN_BACKSTOP_SECONDS = 1.5
 STORAGE_GRACE = 5.0  # seconds cameras wait at start for a verdict on a storage root without a marker
@@ -254,11 +255,16 @@ class Daemon:
     async def _status_loop(self) -> None:
         path = self.config.storage.status_file
         last_summary = ""
+        written: tuple[object, float] | None = None  # (states, monotonic time) of the last write
         while True:
-            try:
-                await asyncio.to_thread(write_status, path, self.snapshot())
-            except OSError as exc:
-                log.warning("status_write_failed", path=str(path), error=str(exc))
+            states = (self.db.up, self.fallback is None, self.indexer.pending_count,
+                      [(s.camera.id, s.state, s.pid) for s in self.supervisors.values()])
+            if written is None or written[0] != states or time.monotonic() - written[1] >= STATUS_REFRESH:
+                try:
+                    await asyncio.to_thread(write_status, path, self.snapshot())
+                    written = (states, time.monotonic())
+                except OSError as exc:
+                    log.warning("status_write_failed", path=str(path), error=str(exc))
             summary = self.summary()
             if summary != last_summary:
                 systemd.status(summary)

@@ -112,6 +112,7 @@ class CameraSupervisor:
         # the last FFmpeg exit that was not our own stop: "why is this camera not recording?"
         self.last_exit: dict[str, Any] | None = None
         self._days_ready: set[str] = set()
+        self._ready_day = -1  # the UTC day number _days_ready was made for: one compare per file opened
         self._newest_name: float | None = None  # newest file name time (s) this camera has on disk
         self._storage_error_logged = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -444,7 +445,8 @@ class CameraSupervisor:
         parsed = parse_segment_path(self.root, path)
         if parsed is not None and (self._newest_name is None or parsed[1] > self._newest_name):
             self._newest_name = parsed[1]
-        if any(day not in self._days_ready for day in day_names(time.time())):
+        now = time.time()
+        if now // 86400 != self._ready_day and any(day not in self._days_ready for day in day_names(now)):
             self._spawn_task(self._ensure_days_soon(time.time()))
 
     def _segment_closed(self, run: _Run, entry: ffmpeg.ListEntry, mono_now: float) -> None:
@@ -575,6 +577,7 @@ class CameraSupervisor:
             return
         # forward: keep recording; FFmpeg needs the new day's directory at its next cut
         self._days_ready.clear()
+        self._ready_day = -1
         self._spawn_task(self._ensure_days_soon(step.wall_after))
 
     # ------------------------------------------------------------------ helpers
@@ -598,6 +601,7 @@ class CameraSupervisor:
             if force or day not in self._days_ready:
                 (self.root / self.camera.id / day).mkdir(parents=True, exist_ok=True)
         self._days_ready = set(names)
+        self._ready_day = int(now // 86400)
 
     async def _sleep(self, seconds: float) -> None:
         await self._restart.sleep(seconds)

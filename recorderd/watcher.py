@@ -39,6 +39,7 @@ SUSPICIOUS_MIN_ROWS = 100
 SUSPICIOUS_MISSING_RATIO = 0.9
 UNREADABLE_MAX = 10_000  # unreadable files remembered (so not probed again); beyond it the oldest go
 LOGGED_PATHS = 5  # paths named in a summary log line
+WATCH_TICK = 2.0  # the watch is read this often: a file waits SETTLE_SECONDS anyway, so no hurry
 
 
 class IndexSide(Protocol):
@@ -367,7 +368,7 @@ class Watcher:
                  is_known: Callable[[str], bool],
                  on_settled: Callable[[list[FoundFile]], Awaitable[Any]],
                  on_lost: Callable[[], None] | None = None,
-                 settle_seconds: float = SETTLE_SECONDS, tick: float = 1.0) -> None:
+                 settle_seconds: float = SETTLE_SECONDS, tick: float = WATCH_TICK) -> None:
         self.root = root
         self._current_files = current_files
         self._is_known = is_known
