@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recorderd import ffmpeg, metrics, mp4
+from recorderd import cutfile, ffmpeg, metrics
 from recorderd.backoff import Backoff
 from recorderd.clock import Step, WallClock
 from recorderd.config import Camera
@@ -525,31 +525,9 @@ class CameraSupervisor:
     async def _finish_open_segments(self, run: _Run, paths: list[str]) -> None:
         """A file FFmpeg never closed (killed, crashed) is still footage: index what it holds."""
         for path in paths:
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            if st.st_size == 0 or await asyncio.to_thread(mp4.is_header_only, path):
-                # killed before its first fragment: no footage, only a file that would never go
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-                if st.st_size:
-                    metrics.HEADER_ONLY_REMOVED.inc()
-                    self.log.info("segment_header_only_removed", path=path, size=st.st_size)
-                continue
-            duration = await self.probe(path) if self.probe else None
-            if not duration:
-                self.log.warning("segment_unreadable", path=path, size=st.st_size)
-                continue
-            offset = self.clock.offset()
-            start_m = run.timeline.cut_start()
-            if start_m is not None:
-                start = start_m + offset  # tiles onto the previous segment of this run
-                end = max(start, st.st_mtime) if run.timeline.drifting else start + duration
-            else:
-                start, end = st.st_mtime - duration, st.st_mtime  # last fragment hit the disk at its end
-            self.log.info("segment_recovered", path=path, duration=round(duration, 3))
-            self._emit(run, path, start, end, st.st_size, "recovered", time.time())
+            got = await cutfile.recover(path, run.timeline, self.clock.offset, self.probe, self.log)
+            if got is not None:
+                self._emit(run, got.path, got.start, got.end, got.size, "recovered", time.time())
 
     # ------------------------------------------------------------------ ticks and clock steps
 
