@@ -154,15 +154,6 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Pool release without asyncpg's reset round trip (``RESET ALL; UNLISTEN *; CLOSE ALL;
-    pg_advisory_unlock_all()``), which is a query for every release, so for every index write.
-
-    Nothing here leaves session state behind: no SET, LISTEN or cursor outside a transaction, and the
-    one session lock (migrations) is released in a ``finally``. An open transaction is still rolled
-    back by the pool before this is called.
-    """
-
 
 async def connect(dsn: str | None, timeout: float = CONNECT_TIMEOUT) -> asyncpg.Connection:
     """One plain connection (CLI, migrate); ``DatabaseUnavailable`` names host:port, not the password."""
@@ -242,7 +233,7 @@ class Database:
                 pool = await asyncpg.create_pool(
                     self._dsn, min_size=1, max_size=self._pool_max, timeout=CONNECT_TIMEOUT,
                     command_timeout=self._command_timeout, max_inactive_connection_lifetime=300,
-                    server_settings={"application_name": "recorderd"}, reset=_keep_session)
+                    server_settings={"application_name": "recorderd"})
             except Exception as exc:
                 self._set_down(_reason(exc))
                 raise DatabaseUnavailable(f"cannot connect to {self.where}: {_reason(exc)}") from None
