@@ -4,11 +4,14 @@ inotify: new names are seen, writes into files are not (the per-write tax this w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import struct
 import time
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -18,6 +21,18 @@ from recorderd.inotify import DirWatch, WatchLimit
 from recorderd.probe import FoundFile
 
 T0 = 1_700_000_000.0
+
+
+@contextlib.asynccontextmanager
+async def running(coro: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.Task[None]]:
+    """A watcher's ``run()`` as a task for the block; it must still be running when cancelled."""
+    task = asyncio.create_task(coro)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
 
 
 def test_a_watch_sees_new_names_but_not_writes(tmp_path: Path) -> None:
@@ -95,8 +110,7 @@ async def test_watcher_follows_new_days_and_cameras_and_leaves_open_files_alone(
     settled: list[FoundFile] = []
     lost: list[int] = []
     w = _watcher(root, busy, settled, lost)
-    task = asyncio.create_task(w.run())
-    try:
+    async with running(w.run()):
         await asyncio.wait_for(w.ready.wait(), 10)
         assert w.watched == 3  # root, the camera, its day; not the state directory
         # a day directory made at midnight, its first file written before the watch can be in place
@@ -123,10 +137,6 @@ async def test_watcher_follows_new_days_and_cameras_and_leaves_open_files_alone(
         await asyncio.sleep(0.5)
         assert {f.path for f in settled} == want and lost == []
         assert w.watched == 6  # + the new day, cam-002 and its day
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def test_watcher_waits_for_a_file_still_being_copied(tmp_path: Path) -> None:
@@ -135,8 +145,7 @@ async def test_watcher_waits_for_a_file_still_being_copied(tmp_path: Path) -> No
     day.mkdir(parents=True)
     settled: list[FoundFile] = []
     w = _watcher(root, set(), settled, [], settle=0.5)
-    task = asyncio.create_task(w.run())
-    try:
+    async with running(w.run()):
         await asyncio.wait_for(w.ready.wait(), 10)
         path = day / "00-00-00.mp4"
         t0 = time.monotonic()
@@ -148,10 +157,6 @@ async def test_watcher_waits_for_a_file_still_being_copied(tmp_path: Path) -> No
         await _until(lambda: settled)
         assert time.monotonic() - t0 >= 1.2 + 0.5  # not before the copy ended and settled
         assert [f.path for f in settled] == [str(path)] and settled[0].size == 1200
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def test_watcher_reconciles_after_lost_events_and_at_the_watch_limit(
@@ -169,8 +174,7 @@ async def test_watcher_reconciles_after_lost_events_and_at_the_watch_limit(
         return real_add(self, path)
 
     monkeypatch.setattr(DirWatch, "add", limited)
-    task = asyncio.create_task(w.run())
-    try:
+    async with running(w.run()) as task:
         with capture_logs() as logs:
             await asyncio.wait_for(w.ready.wait(), 10)
             assert w.watched == 4
@@ -180,10 +184,6 @@ async def test_watcher_reconciles_after_lost_events_and_at_the_watch_limit(
         assert [e["event"] for e in logs if e["log_level"] in ("error", "warning")] == [
             "watcher_failed", "watcher_overflow"]  # the limit is said once, not at every re-walk
         assert "limit" in logs[0]["reason"] and not task.done()
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def test_config_watcher_sees_in_place_and_rename_saves_once_each_and_nothing_else(tmp_path: Path) -> None:
@@ -193,8 +193,7 @@ async def test_config_watcher_sees_in_place_and_rename_saves_once_each_and_nothi
     cfg.write_text("a: 1\n")
     calls: list[float] = []
     w = ConfigWatcher(cfg, lambda: calls.append(time.monotonic()), debounce_ms=200)
-    task = asyncio.create_task(w.run())
-    try:
+    async with running(w.run()):
         await asyncio.sleep(0.3)  # the watch is in place
         (tmp_path / "other.yaml").write_text("x")  # not ours
         await asyncio.sleep(0.5)
@@ -210,7 +209,3 @@ async def test_config_watcher_sees_in_place_and_rename_saves_once_each_and_nothi
         await _until(lambda: len(calls) == 2)
         await asyncio.sleep(0.5)
         assert len(calls) == 2  # one reload per save, not one per event
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
