@@ -71,6 +71,7 @@ class Camera:
     timeout_seconds: float
     rtsp_transport: str
     max_bytes: int | None
+    index: int = -1  # position in the file's ``cameras`` list, for hints that name the key to fix
 
     @property
     def masked_url(self) -> str:
@@ -643,7 +644,7 @@ def parse_config(data: Any, source: str = "") -> Config:
             retention_days=retention_days or plan.retention_days, enabled=settings["enabled"],
             segment_seconds=settings["segment_seconds"], audio=settings["audio"],
             stall_seconds=float(settings["stall_seconds"]), timeout_seconds=float(settings["timeout_seconds"]),
-            rtsp_transport=settings["rtsp_transport"], max_bytes=max_bytes,
+            rtsp_transport=settings["rtsp_transport"], max_bytes=max_bytes, index=i,
         ))
 
     # database

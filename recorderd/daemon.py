@@ -37,6 +37,7 @@ from recorderd.process import SpawnPacer
 from recorderd.progress import ProgressPoller
 from recorderd.retention import CameraUsage, Sweeper
 from recorderd.statusfile import remove_status, write_status
+from recorderd.streammemory import StreamMemory
 from recorderd.supervisor import CameraSupervisor, forget_camera
 from recorderd.volume import MARKER_REL, RootLock, RootLocked, StorageVolume
 
@@ -70,6 +71,7 @@ class Daemon:
         self.clock = WallClock()
         self.poller = ProgressPoller()
         self.pacer = SpawnPacer()
+        self.streams = StreamMemory(config.storage.root)  # audio decisions kept across restarts
         self._volume_known = asyncio.Event()  # the volume check reached a verdict (ok or missing)
         self.volume = StorageVolume(config.storage.root, self.db, on_change=self._on_volume)
         self.indexer = Indexer(config, self.db, current_files=self.current_files,
@@ -98,7 +100,7 @@ class Daemon:
             return
         sup = CameraSupervisor(cam, self.config.storage.root, self.ledger.submit,
                                ffmpeg_bin=self.ffmpeg_bin, probe=probe_duration, clock=self.clock,
-                               progress=self.poller, pacer=self.pacer)
+                               progress=self.poller, pacer=self.pacer, memory=self.streams)
         if self.volume.state == "missing":
             sup.hold("storage_missing", self.volume.reason() or "storage volume missing")
         self.supervisors[cam.id] = sup
@@ -149,6 +151,7 @@ class Daemon:
         await asyncio.gather(*(self._stop_camera(c.id, budget) for c in diff.removed + diff.restarted))
         for cam in diff.removed:
             forget_camera(cam.id)
+            self.streams.forget(cam.id)
         if self.stop_event.is_set():  # shutdown began while we stopped cameras: start nothing
             return False
         for cam in diff.added + diff.restarted:

@@ -2,7 +2,7 @@
 
 stdout carries the segment list (``name,start,end`` per closed segment, stream seconds); stderr
 carries ``Opening '<file>' for writing`` the moment a segment is opened, plus the errors that tell
-an unreachable camera from a broken one. Everything here is pure so it is unit-tested without FFmpeg.
+what is wrong with a camera (read by ``diagnose``). Everything here is pure so it is unit-tested without FFmpeg.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ FRAG_OPTIONS = "movflags=+frag_keyframe+empty_moov+default_base_moof:flush_packe
 INPUT_FD = "{input_fd}"  # replaced by the fd number of the pipe carrying the input script
 # what the one-entry concat script may open: the script itself (file, a /dev/fd path) and the
 # camera's own protocols; config only admits rtsp/rtsps/http/https/rtmp camera URLs
-_INPUT_PROTOCOLS = "file,rtsp,rtsps,rtp,srtp,udp,tcp,tls,http,https,httpproxy,crypto,rtmp,rtmps"
+INPUT_PROTOCOLS = "file,rtsp,rtsps,rtp,srtp,udp,tcp,tls,http,https,httpproxy,crypto,rtmp,rtmps"
 
 
 def input_options(camera: Camera) -> list[tuple[str, str]]:
@@ -65,7 +65,7 @@ def build_command(camera: Camera, *, audio_mode: str | None = None, ffmpeg: str 
         argv += ["-use_wallclock_as_timestamps", "1"]
     if via_pipe:
         # /dev/fd/N, not pipe:N: FFmpeg ignores 'q' on stdin when any input is a pipe: URL
-        argv += ["-f", "concat", "-safe", "0", "-protocol_whitelist", _INPUT_PROTOCOLS,
+        argv += ["-f", "concat", "-safe", "0", "-protocol_whitelist", INPUT_PROTOCOLS,
                  "-i", f"/dev/fd/{INPUT_FD}"]
     else:
         for key, value in input_options(camera):
@@ -76,7 +76,10 @@ def build_command(camera: Camera, *, audio_mode: str | None = None, ffmpeg: str 
         argv += ["-an"]
     else:
         argv += ["-map", "0:a:0?"]
-    argv += ["-c:v", "copy"]
+    # H.265 as "hvc1" (parameter sets in the sample entry), the tag Safari and most HEVC-capable
+    # players require; FFmpeg's MP4 muxer keeps avc1 for H.264 and any codec's own tag when hvc1 does
+    # not apply, so the tag is safe whatever the camera sends
+    argv += ["-c:v", "copy", "-tag:v", "hvc1"]
     if audio in ("auto", "copy"):
         argv += ["-c:a", "copy"]
     elif audio == "aac":
@@ -137,26 +140,7 @@ def parse_opening(line: str) -> str | None:
     return m["path"]
 
 
-# stderr phrases, lower-cased, that mean "the camera is not reachable" rather than "FFmpeg broke"
-_UNREACHABLE = (
-    "connection refused", "connection timed out", "no route to host", "network is unreachable",
-    "host is unreachable", "name or service not known", "temporary failure in name resolution",
-    "connection reset by peer", "broken pipe", "end of file", "operation timed out",
-    "immediate exit requested", "could not find codec parameters", "i/o error",
-)
-_REJECTED = ("401 unauthorized", "403 forbidden", "404 not found", "method describe failed",
-             "invalid data found when processing input", "server returned")
 _AUDIO_REFUSED_RE = re.compile(r"could not find tag for codec (\S+) in stream #(\d+)", re.IGNORECASE)
-
-
-def classify_failure(lines: list[str]) -> str:
-    """Why a run that never recorded failed: ``unreachable``, ``rejected`` or ``error``."""
-    text = "\n".join(lines).lower()
-    if any(p in text for p in _REJECTED):
-        return "rejected"
-    if any(p in text for p in _UNREACHABLE):
-        return "unreachable"
-    return "error"
 
 
 def audio_refused(lines: list[str]) -> str | None:

@@ -13,7 +13,9 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from recorderd import __version__
 
-CAMERA_STATES = ("starting", "recording", "offline", "backoff", "stalled", "disabled", "storage_missing")
+# "unauthorized", "not_found", "unreachable", "unsupported": why FFmpeg cannot record (recorderd.diagnose)
+CAMERA_STATES = ("starting", "recording", "unauthorized", "not_found", "unreachable", "unsupported", "backoff",
+                 "stalled", "disabled", "storage_missing")
 
 
 

@@ -2,9 +2,15 @@
 port opens again.
 
 Backoff is for a camera that keeps failing (unreachable, refusing, dying before it records), so that
-a hundred broken cameras do not spin. A camera whose FFmpeg dies after recording well (SIGKILL, the
-OOM killer, a codec hiccup) is not failing: it restarts at once and the backoff starts over, because
-waiting out a delay raised by faults earlier in the minute only loses footage.
+a hundred broken cameras do not spin. Its pace depends on the cause: a wrong password is retried
+once a minute at first and at most every 30 minutes later, because cameras lock an account after a
+few failed logins (and a fixed password arrives as a config edit, which restarts the camera at once);
+a stream the MP4 container cannot take is not retried often either; an unreachable camera keeps the
+fast return probe; a busy server (503) is asked again within seconds.
+
+A camera whose FFmpeg dies after recording well (SIGKILL, the OOM killer, a codec hiccup) is not
+failing: it restarts at once and the backoff starts over, because waiting out a delay raised by
+faults earlier in the minute only loses footage.
 """
 
 from __future__ import annotations
@@ -23,17 +29,22 @@ PROBE_INTERVAL = 1.0  # TCP probe of an offline camera, so a return is noticed w
 GOOD_RUN_SECONDS = 3.0  # a run recording at least this long earns an immediate restart
 # exits that are our own doing and restart at once (no backoff, not the camera's fault)
 IMMEDIATE = ("audio_transcode", "clock_step", "resync")
+# backoff per cause (Exit.reason); anything else uses the policy's default backoff
+SLOW = {"unauthorized": (60.0, 1800.0), "unsupported": (60.0, 1800.0)}  # (first delay, cap) in seconds
+BUSY_CAP = 10.0  # a 503 is the server shedding load: come back soon, spread by jitter
 
 
 @dataclass(frozen=True, slots=True)
 class Exit:
     """What the supervisor knows of a run that ended (not by our stop)."""
 
-    reason: str  # offline, rejected, error, killed, camera_dropped, stall, storage_error, IMMEDIATE...
+    reason: str  # unreachable, unauthorized, not_found, unsupported, error, killed, camera_dropped, stall,
+    # storage_error, IMMEDIATE...
     lasted: float  # seconds the run lasted
     recorded: bool  # the camera was recording (bytes reached its file) when FFmpeg went
     segments: int  # segments the run produced, the file it was cutting included
     unreachable: bool = False  # FFmpeg could not reach the camera at all (port probing applies)
+    busy: bool = False  # the camera answered 503: shedding load
 
 
 class RestartPolicy:
@@ -42,6 +53,7 @@ class RestartPolicy:
     def __init__(self, url: str, stopping: asyncio.Event, *, backoff: Backoff | None = None,
                  log: Any = None) -> None:
         self.backoff = backoff or Backoff()
+        self._by_cause: dict[str, Backoff] = {}
         self._addr = ffmpeg.camera_address(url)
         self._stopping = stopping
         self._log = log
@@ -51,9 +63,28 @@ class RestartPolicy:
         if ended.reason in IMMEDIATE:
             return 0.0
         if ended.recorded and ended.lasted >= GOOD_RUN_SECONDS:
-            self.backoff.reset()
+            self.reset()
             return 0.0
-        return self.backoff.next_delay(ended.lasted if ended.segments else 0.0)
+        return self.backoff_for(ended).next_delay(ended.lasted if ended.segments else 0.0)
+
+    def backoff_for(self, ended: Exit) -> Backoff:
+        """The sequence this exit advances: one per slow cause, so a password fixed on the camera (not
+        in the config) is still tried within 30 minutes, and a camera that alternates between
+        unreachable and 401 does not make either wait the other's delays."""
+        key = "busy" if ended.busy else ended.reason
+        if key not in SLOW and key != "busy":
+            return self.backoff
+        b = self._by_cause.get(key)
+        if b is None:
+            base, cap = SLOW.get(key, (self.backoff.base, BUSY_CAP))
+            b = self._by_cause[key] = Backoff(base=base, cap=cap, jitter=self.backoff.jitter,
+                                              stable_after=self.backoff.stable_after)
+        return b
+
+    def reset(self) -> None:
+        self.backoff.reset()
+        for b in self._by_cause.values():
+            b.reset()
 
     @staticmethod
     def name_wait(newest_name: float | None, last_exit_wall: float, now: float | None = None) -> float:

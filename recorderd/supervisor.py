@@ -1,6 +1,7 @@
 """One FFmpeg per camera, kept recording whatever the camera does.
 
-A supervisor never raises: an unreachable camera is ``offline`` (a normal state), a crash is a
+A supervisor never raises: a camera FFmpeg cannot record is in the state that names why
+(``unauthorized``, ``not_found``, ``unreachable``, ``unsupported``: ``diagnose``), a crash is a
 restart (at once after good work, with backoff for a camera that keeps failing: ``restarts``), a
 frozen camera is ``stalled`` and killed. FFmpeg exits 0 when a camera
 drops, so the exit code alone never means "clean": only a stop we asked for is clean.
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recorderd import cutfile, ffmpeg, metrics
+from recorderd import cutfile, diagnose, ffmpeg, metrics
 from recorderd.backoff import Backoff
 from recorderd.clock import Step, WallClock
 from recorderd.config import Camera
@@ -37,6 +38,7 @@ from recorderd.progress import ProgressPoller
 from recorderd.ratelimit import KeyedRateLimiter
 from recorderd.restarts import IMMEDIATE, Exit, RestartPolicy
 from recorderd.stamps import PERSISTENT, RunTimeline, Stamp
+from recorderd.streammemory import StreamMemory
 
 STDERR_TAIL = 30
 STARTUP_GRACE = 15.0  # extra time before the first byte counts as a stall
@@ -64,6 +66,7 @@ class _Run:
     stop_why: str | None = None  # set when we stopped it: stall, clock_step, resync, hold
     stderr: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL))
     stopper: asyncio.Task[None] | None = None
+    diagnosis: diagnose.Diagnosis | None = None  # why it never recorded
 
 
 class CameraSupervisor:
@@ -79,6 +82,7 @@ class CameraSupervisor:
         clock: WallClock | None = None,
         progress: ProgressPoller | None = None,
         pacer: SpawnPacer | None = None,
+        memory: StreamMemory | None = None,
     ) -> None:
         self.camera = camera
         self.root = root
@@ -101,13 +105,17 @@ class CameraSupervisor:
         self.wallclock_timestamps = False  # set by a re-sync: the camera's own timestamps drifted
         self._secrets = secrets_of(camera.url)
         self._audio_mode = "copy" if camera.audio == "auto" else camera.audio
+        self._memory = memory
+        self._remembered = memory is None  # the memory is read once, off the loop, before the first run
+        self.stream: dict[str, str] = {}  # codecs of the camera's stream, from FFmpeg's input dump
+        self._trouble: tuple[str, str] | None = None  # (state, cause) logged for this episode
+        self._hint: str | None = None
         self._stopping = asyncio.Event()
         self._restart = RestartPolicy(camera.url, self._stopping, backoff=backoff, log=self.log)
         self._held: str | None = None
         self._released = asyncio.Event()
         self._released.set()
         self._run: _Run | None = None
-        self._offline_logged = False
         self._last_exit_wall = 0.0
         # the last FFmpeg exit that was not our own stop: "why is this camera not recording?"
         self.last_exit: dict[str, Any] | None = None
@@ -142,6 +150,9 @@ class CameraSupervisor:
             "restarts": self.restarts,
             "pid": self.pid,
             "state_since": self.state_since,
+            "cause": self._trouble[1] if self._trouble and self.state in diagnose.TROUBLE_STATES else None,
+            "hint": self._hint if self.state in diagnose.TROUBLE_STATES else None,
+            "stream": dict(self.stream, audio_mode=self._audio_mode) if self.stream else None,
             "segment_seconds": self.camera.segment_seconds,
             "timestamps": "arrival" if self.wallclock_timestamps else "camera",
             "last_exit": self.last_exit,
@@ -246,6 +257,11 @@ class CameraSupervisor:
             await asyncio.to_thread(self._ensure_days, time.time(), True)
             if self._newest_name is None:
                 self._newest_name = await asyncio.to_thread(newest_name_time, self.root, cam.id)
+            if not self._remembered and self._memory is not None:
+                self._remembered = True
+                mode = await asyncio.to_thread(self._memory.audio_mode, cam)
+                if mode is not None:
+                    self._audio_mode = mode
         except OSError as exc:  # unwritable or full storage: not a camera problem, not a bug
             if not self._storage_error_logged:
                 self._storage_error_logged = True
@@ -258,7 +274,7 @@ class CameraSupervisor:
         if self._stopping.is_set() or self._held is not None:
             return
         self._run = run
-        if self.state != "offline":  # an offline camera stays offline until it records again
+        if self.state not in diagnose.TROUBLE_STATES:  # a camera in trouble stays so until it records
             self._set_state("starting")
         tag = None
         if self._newest_name is not None and time.time() < self._newest_name + 1:
@@ -337,10 +353,11 @@ class CameraSupervisor:
         if codec and self.camera.audio == "auto" and self._audio_mode == "copy":
             self._audio_mode = "aac"
             self.log.info("audio_transcoding", codec=codec, reason="mp4 refuses codec; transcoding to AAC")
+            self._remember_audio(codec)
             return "audio_transcode"
         if run.segments == 0 and not wrote:
-            kind = ffmpeg.classify_failure(lines)
-            return "offline" if kind == "unreachable" else ("rejected" if kind == "rejected" else "error")
+            run.diagnosis = diagnose.diagnose(lines)
+            return run.diagnosis.state
         if rc is not None and rc < 0:
             return "killed"
         return "camera_dropped" if rc == 0 else "error"
@@ -361,11 +378,9 @@ class CameraSupervisor:
                           "run_seconds": round(lasted, 1), "segments": run.segments,
                           "stderr": tail[-3:]}
         metrics.FFMPEG_RESTARTS.labels(self.camera.id, reason).inc()
-        if reason == "offline":
-            if not self._offline_logged:
-                self._offline_logged = True
-                self.log.warning("camera_offline", url=self.camera.masked_url, rc=rc, stderr=tail)
-            self._set_state("offline")
+        d = run.diagnosis
+        if d is not None and d.state in diagnose.TROUBLE_STATES:
+            self._in_trouble(d, rc, tail)
             return
         level = "warning" if reason in ("camera_dropped", "stall", *IMMEDIATE) else "error"
         getattr(self.log, level)("ffmpeg_exited", rc=rc, reason=reason, run_seconds=round(lasted, 1),
@@ -373,14 +388,29 @@ class CameraSupervisor:
         if reason not in IMMEDIATE:
             self._set_state("backoff")
 
+    def _in_trouble(self, d: diagnose.Diagnosis, rc: int | None, tail: list[str]) -> None:
+        """A camera FFmpeg cannot record: its state says why; logged once per episode (and per cause)."""
+        self._hint = diagnose.hint(d, self.camera)
+        if self.last_exit is not None:
+            self.last_exit.update(cause=d.cause, hint=self._hint)
+        if self._trouble != (d.state, d.cause):
+            self._trouble = (d.state, d.cause)
+            self.log.warning("camera_unavailable", state=d.state, cause=d.cause, hint=self._hint,
+                             url=self.camera.masked_url, rc=rc,
+                             ffmpeg=mask_text(d.line, self._secrets)[:300], stderr=tail)
+        self._set_state(d.state)
+
     async def _wait_before_retry(self, run: _Run, reason: str, *, recorded: bool) -> None:
-        unreachable = reason == "offline" and ffmpeg.classify_failure(list(run.stderr)) == "unreachable"
+        d = run.diagnosis
         ended = Exit(reason=reason, lasted=time.monotonic() - run.started, recorded=recorded,
-                     segments=run.segments, unreachable=unreachable)
+                     segments=run.segments, unreachable=reason == "unreachable",
+                     busy=d is not None and d.cause == "busy")
         delay = max(self._restart.delay(ended), self._restart.name_wait(self._newest_name, self._last_exit_wall))
         self.log.debug("ffmpeg_restart_scheduled", reason=reason, delay=round(delay, 2))
+        if d is not None and reason in diagnose.TROUBLE_STATES and delay >= 30:
+            self.log.info("camera_retry_scheduled", state=reason, cause=d.cause, delay=round(delay))
         await self._restart.wait(delay, ended)
-        if not self._stopping.is_set() and reason != "offline":  # offline retries: logged once
+        if not self._stopping.is_set() and reason not in diagnose.TROUBLE_STATES:  # those are logged once
             self.log.info("ffmpeg_restarted", reason=reason, attempt=self._restart.backoff.attempt,
                           waited=round(delay, 2))
 
@@ -517,10 +547,24 @@ class CameraSupervisor:
             self._stop_run(run, 3.0, "resync")
 
     def _became_recording(self) -> None:
-        if self._offline_logged:
-            self.log.info("camera_online", url=self.camera.masked_url)
-        self._offline_logged = False
+        if self._trouble is not None:
+            self.log.info("camera_online", url=self.camera.masked_url, after=self._trouble[0])
+        self._trouble = self._hint = None
         self._set_state("recording")
+        run = self._run
+        if run is not None:
+            self.stream = diagnose.input_codecs(list(run.stderr))
+            audio = self.stream.get("audio")
+            if self.camera.audio == "auto" and self._memory is not None:
+                # a camera whose audio became MP4-friendly goes back to copy at its next start
+                self._remember_audio(audio if audio and audio not in ffmpeg.MP4_AUDIO_CODECS else None,
+                                     codec=audio)
+
+    def _remember_audio(self, refused: str | None, codec: str | None = None) -> None:
+        """Keep the audio decision for the next daemon start (``streammemory``), off the loop."""
+        if self._memory is not None and self.camera.audio == "auto":
+            mode = "aac" if refused else "copy"
+            self._spawn_task(asyncio.to_thread(self._memory.remember, self.camera, mode, refused or codec))
 
     async def _finish_open_segments(self, run: _Run, paths: list[str]) -> None:
         """A file FFmpeg never closed (killed, crashed) is still footage: index what it holds."""
@@ -538,7 +582,7 @@ class CameraSupervisor:
             return
         fp = self._fp
         if fp.wrote_bytes and self.state != "recording" and self._held is None:
-            self._became_recording()  # starting, or retrying while offline
+            self._became_recording()  # starting, or retrying while in trouble
         limit = self.camera.stall_seconds + (0.0 if fp.wrote_bytes else STARTUP_GRACE)
         if now - fp.grew_mono >= limit:
             self._set_state("stalled")

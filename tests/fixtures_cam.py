@@ -5,7 +5,8 @@ back on the same port (``restart``), or hang it (``hang``/``resume``, SIGSTOP/SI
 
 Fixtures:
 
-* ``testcam_factory`` (function): ``testcam_factory(fps=5, audio="aac", user="u", password="p")``
+* ``testcam_factory`` (function): ``testcam_factory(fps=5, audio="aac", user="u", password="p",
+  codec="h265")`` (codec h264, h265 or vp8: one the MP4 container refuses)
   returns a started ``TestCam``; everything it made is stopped at teardown.
 * ``shared_cam``: one default camera (10 fps, keyframe every 10 frames = 1/s) per session, for
   tests that only need "a camera that works"; respawned on its port, with a warning, if it dies
@@ -63,9 +64,12 @@ class TestCam:
     def __init__(self, *, port: int | None = None, fps: int = 10, gop: int = 10, audio: str = "none",
                  user: str | None = None, password: str | None = None, path: str = "/stream",
                  width: int = 320, height: int = 240, bitrate: int = 256, pattern: str = "ball",
-                 ts_scale: float = 1.0) -> None:
+                 ts_scale: float = 1.0, codec: str = "h264") -> None:
         if audio not in ("none", "aac", "alaw"):
             raise ValueError(f"audio must be none, aac or alaw, got {audio!r}")
+        if codec not in ("h264", "h265", "vp8"):
+            raise ValueError(f"codec must be h264, h265 or vp8, got {codec!r}")
+        self.codec = codec
         self._fixed_port = port is not None
         self.port = port if port is not None else free_port()
         self.fps, self.gop, self.audio = fps, gop, audio
@@ -108,7 +112,7 @@ class TestCam:
         argv = [TESTCAM_PYTHON, str(TESTCAM), "--port", str(self.port), "--path", self.path,
                 "--fps", str(self.fps), "--gop", str(self.gop), "--audio", self.audio,
                 "--width", str(self.width), "--height", str(self.height),
-                "--bitrate", str(self.bitrate), "--pattern", self.pattern]
+                "--bitrate", str(self.bitrate), "--pattern", self.pattern, "--codec", self.codec]
         if self.user:
             argv += ["--user", self.user, "--password", self.password or ""]
         if self.ts_scale != 1.0:

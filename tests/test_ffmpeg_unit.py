@@ -26,6 +26,7 @@ def _opt(argv: list[str], name: str) -> str:
 def test_command_stream_copies_and_segments_on_the_clock(cams) -> None:  # type: ignore[no-untyped-def]
     argv = ffmpeg.build_command(cams[0])
     assert _opt(argv, "-c:v") == "copy"
+    assert _opt(argv, "-tag:v") == "hvc1"  # H.265 plays in browsers; H.264 keeps avc1 (the muxer's rule)
     assert _opt(argv, "-c:a") == "copy"  # audio: auto starts by copying
     assert _opt(argv, "-timeout") == "5000000"  # microseconds: bounds a frozen camera
     assert _opt(argv, "-rtsp_transport") == "tcp"
@@ -79,14 +80,6 @@ def test_parse_opening() -> None:
         == "2026-11-21/12-24-35.mp4"
     assert ffmpeg.parse_opening("[segment @ 0x55a2f7665300] Opening 'pipe:1' for writing") is None
     assert ffmpeg.parse_opening("Input #0, rtsp, from 'rtsp://x'") is None
-
-
-def test_classify_failure() -> None:
-    refused = ["[tcp @ 0x1] Connection to tcp://127.0.0.1:8699?timeout=3000000 failed: Connection refused",
-               "rtsp://127.0.0.1:8699/stream: Connection refused"]
-    assert ffmpeg.classify_failure(refused) == "unreachable"
-    assert ffmpeg.classify_failure(["[rtsp @ 0x1] method DESCRIBE failed: 401 Unauthorized"]) == "rejected"
-    assert ffmpeg.classify_failure(["something odd"]) == "error"
 
 
 def test_audio_refused() -> None:
