@@ -71,7 +71,9 @@ class Camera:
     timeout_seconds: float
     rtsp_transport: str
     max_bytes: int | None
-    index: int = -1  # position in the file's ``cameras`` list, for hints that name the key to fix
+    # position in the file's ``cameras`` list, for hints that name the key to fix; not compared, so a
+    # reordered file is not a changed camera (the daemon hands every kept camera its new object)
+    index: int = field(default=-1, compare=False)
 
     @property
     def masked_url(self) -> str:

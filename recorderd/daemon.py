@@ -156,7 +156,7 @@ class Daemon:
             return False
         for cam in diff.added + diff.restarted:
             self._start_camera(cam)
-        for cam in diff.updated:
+        for cam in diff.updated + diff.unchanged:  # unchanged may still have moved in the file (hints)
             sup = self.supervisors.get(cam.id)
             if sup is not None:
                 sup.update(cam)

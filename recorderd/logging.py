@@ -8,7 +8,7 @@ Three outputs, chosen from where stderr goes:
 * a terminal: coloured ``key=value`` lines for people.
 * anything else (pipe, file, CI): plain JSON lines with a timestamp, one object per line.
 
-Event names are a small fixed vocabulary (``segment_indexed``, ``camera_offline``, ...); details go in
+Event names are a small fixed vocabulary (``segment_indexed``, ``camera_unavailable``, ...); details go in
 key/value fields. Every value of every event, nested ones, exception text and tracebacks included,
 passes through the masking of camera secrets *after* exceptions are rendered to text, just before the
 renderer. Records from the standard ``logging`` module (asyncio, asyncpg, warnings) take the same path.

@@ -219,11 +219,17 @@ async def cmd_status(config: Config, as_json: bool, out: TextIO, err: TextIO | N
                 unreported.add(cid)
             if isinstance(lc.get("state_since"), int | float):
                 since[cid] = float(lc["state_since"])
+            cause, hint = lc.get("cause"), lc.get("hint")
+            stream = lc.get("stream") if isinstance(lc.get("stream"), dict) else None
         else:
             state = "not-running" if not running else ("disabled" if cam and not cam.enabled else "unknown")
             recording, current, restarts, le = False, None, None, None
+            cause = hint = stream = None
         cameras.append({
             "camera_id": cid, "state": state, "is_recording": recording, "current_file": current,
+            "cause": str(cause) if cause else None,
+            "hint": mask_text(str(hint), secrets) if hint else None,  # why, and what to fix
+            "stream": stream,  # codecs from FFmpeg's input dump, and the audio mode in force
             "last_segment_end": iso(last), "restarts": restarts,
             "disk_usage_bytes": (idx["bytes"] if idx else 0) if totals is not None else None,
             "retention_days": cam.retention_days if cam else None,
@@ -288,12 +294,14 @@ def _why_not_recording(out: TextIO, cams: list[dict[str, Any]], exits: dict[str,
         if cid in since:
             head += f" for {human_age(now - since[cid])}"
         le = exits.get(cid)
+        fix = f"      -> {c['hint']}\n" if c.get("hint") else ""
         if le is None:
-            out.write(head + ("\n" if cid in unreported else "; no FFmpeg exit since the daemon started\n"))
+            out.write(head + ("\n" if cid in unreported else "; no FFmpeg exit since the daemon started\n") + fix)
             continue
         when = f" at {iso_short(le['at'])} ({human_age(now - le['at'])} ago)" if le["at"] is not None else ""
         out.write(f"{head}; last exit {last_exit_text(le, None)}{when} after {human_duration(le['run_seconds'])}, "
                   f"{le['segments']} segment{'s' if le['segments'] != 1 else ''}\n")
+        out.write(fix)
         for line in le["stderr"]:
             out.write(f"      | {_clip(line, STDERR_LINE_MAX)}\n")
     if len(cams) > NOT_RECORDING_SHOWN:
@@ -332,7 +340,7 @@ def _config_fallback(raw: Any, secrets: list[str]) -> dict[str, Any] | None:
 
 
 def last_exit_text(le: dict[str, Any] | None, now: float | None) -> str:
-    """``offline rc=1 5m ago`` for the status table (no age without ``now``); ``-`` when FFmpeg has not
+    """``unreachable rc=1 5m ago`` for the status table (no age without ``now``); ``-`` when FFmpeg has not
     exited on its own."""
     if le is None:
         return "-"

@@ -135,9 +135,9 @@ def test_full_file() -> None:
     assert front == Camera(
         id="front-door", name="Front door", url="rtsp://admin:s3cret@10.0.0.5:554/Streaming/Channels/101",
         tenant="acme", plan="gold", retention_days=60, enabled=True, segment_seconds=600, audio="aac",
-        stall_seconds=20.0, timeout_seconds=5.5, rtsp_transport="udp", max_bytes=None, index=0,
+        stall_seconds=20.0, timeout_seconds=5.5, rtsp_transport="udp", max_bytes=None,
     )
-    assert yard.index == 1 and lobby.index == 2  # hints name cameras[N]
+    assert (front.index, yard.index, lobby.index) == (0, 1, 2)  # hints name cameras[N]
     assert yard.name == "yard_2"  # name defaults to the id
     assert yard.plan == "pro" and yard.retention_days == 2  # own retention wins over the plan's
     assert yard.segment_seconds == 60 and yard.audio == "off" and yard.rtsp_transport == "tcp"

@@ -50,7 +50,7 @@ async def test_unmounted_storage_holds_cameras_and_keeps_rows(shared_cam, pg_dsn
 
 
 def test_a_removed_camera_leaves_no_series_and_no_rate_limit_bucket() -> None:
-    metrics.FFMPEG_RESTARTS.labels("gone-cam", "offline").inc()
+    metrics.FFMPEG_RESTARTS.labels("gone-cam", "unreachable").inc()
     metrics.SEGMENTS.labels("gone-cam").inc()
     metrics.set_camera_state("gone-cam", "recording")
     assert isinstance(_STDERR_LIMIT, KeyedRateLimiter)

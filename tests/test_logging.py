@@ -64,7 +64,7 @@ def test_journald_lines_are_prefixed_json_with_priorities(tmp_path: Path,
     log = rlog.get_logger(component="test")
     log.debug("dbg")
     log.info("segment_indexed", camera="cam1", rows=3)
-    log.warning("camera_offline", camera="cam1")
+    log.warning("camera_unavailable", camera="cam1")
     log.error("config_reload_failed", errors=["x"])
     log.critical("core_task_failed")
     try:
@@ -74,7 +74,7 @@ def test_journald_lines_are_prefixed_json_with_priorities(tmp_path: Path,
     lines = journal_lines(f)
     assert [p for p, _ in lines] == [7, 6, 4, 3, 2, 3]
     events = [d for _, d in lines]
-    assert [d["event"] for d in events] == ["dbg", "segment_indexed", "camera_offline",
+    assert [d["event"] for d in events] == ["dbg", "segment_indexed", "camera_unavailable",
                                             "config_reload_failed", "core_task_failed", "unexpected"]
     assert events[1] == {"event": "segment_indexed", "camera": "cam1", "rows": 3, "component": "test",
                          "level": "info"}  # no timestamp: journald has its own
@@ -165,7 +165,7 @@ def test_terminal_gets_coloured_readable_lines(monkeypatch: pytest.MonkeyPatch) 
         try:
             connect(URL)
         except ConnectionError:
-            rlog.get_logger().exception("camera_offline", camera="cam1", url=URL)
+            rlog.get_logger().exception("camera_unavailable", camera="cam1", url=URL)
         tty.flush()
         chunks = []
         while select.select([master], [], [], 0.2)[0]:
@@ -176,7 +176,7 @@ def test_terminal_gets_coloured_readable_lines(monkeypatch: pytest.MonkeyPatch) 
         os.close(master)
     assert "\x1b[" in out  # ANSI colour
     plain = re.sub(r"\x1b\[[0-9;]*m", "", out)
-    assert "camera_offline" in plain and "camera=cam1" in plain and not plain.lstrip().startswith("{")
+    assert "camera_unavailable" in plain and "camera=cam1" in plain and not plain.lstrip().startswith("{")
     assert "Traceback" in out and PASSWORD not in out and "admin:***@" in out
 
 

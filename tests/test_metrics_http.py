@@ -73,7 +73,7 @@ def test_camera_not_recording_after_two_segment_lengths() -> None:
     now = 100_000.0
     cams = [
         CameraHealth("zeta", "stalled", now - 121, 60),  # > 2 x 60 s
-        CameraHealth("alpha", "offline", now - 7201, 3600),
+        CameraHealth("alpha", "unreachable", now - 7201, 3600),
         CameraHealth("beta", "backoff", now - 119, 60),  # not yet
         CameraHealth("gamma", "starting", now - 500, 60),  # stuck starting counts too
         CameraHealth("delta", "disabled", 0.0, 60),
@@ -82,7 +82,7 @@ def test_camera_not_recording_after_two_segment_lengths() -> None:
     reasons = health_reasons(snap(now=now, cameras=cams))
     assert [check_of(r) for r in reasons] == ["camera_not_recording"] * 3
     assert [r.split()[1] for r in reasons] == ["alpha", "gamma", "zeta"]  # sorted by id
-    assert "alpha offline for 2h00m (limit 2h00m = 2 segments)" in reasons[0]
+    assert "alpha unreachable for 2h00m (limit 2h00m = 2 segments)" in reasons[0]
     assert "zeta stalled for 2m01s" in reasons[2]
 
 
@@ -96,7 +96,7 @@ def test_index_backlog() -> None:
 
 def test_every_reason_uses_a_known_check() -> None:
     reasons = health_reasons(snap(database_up=False, disk_free_bytes=1, pending_rows=10**6,
-                                  cameras=[CameraHealth("x", "offline", 0.0, 1)]))
+                                  cameras=[CameraHealth("x", "unreachable", 0.0, 1)]))
     assert {check_of(r) for r in reasons} == {"database_down", "disk_low", "index_backlog",
                                               "camera_not_recording"}
     assert {check_of(r) for r in reasons} <= set(CHECKS)

@@ -482,17 +482,20 @@ def test_the_page_works_at_phone_width_and_by_keyboard(site: Site, browser: Any)
     tab.close()
 
 
-def test_a_killed_camera_turns_offline_on_the_page(site: Site, browser: Any) -> None:
+def test_a_killed_camera_turns_unreachable_on_the_page(site: Site, browser: Any) -> None:
     tab = Tab(browser, site)
     page = tab.sign_in("ops")  # every tenant's cameras
     ids = sorted(page.eval_on_selector_all("#grid .tile", "els => els.map(e => e.dataset.cameraId)"))
     assert ids == ["gate", "shop", "yard"]
     site.cams["shop"].stop()
     try:
-        wait_js(page, "document.querySelector('.tile[data-camera-id=shop]').dataset.state === 'offline'", 45,
-                "shop shown offline")
+        wait_js(page, "document.querySelector('.tile[data-camera-id=shop]').dataset.state === 'unreachable'", 45,
+                "shop shown unreachable")
+        badge = page.locator(".tile[data-camera-id=shop] .state")
+        assert badge.inner_text() == "Unreachable"
+        assert "nothing listens at the address" in (badge.get_attribute("title") or "")  # the hint, on hover
         assert tile_state(page, "gate") == "recording"
-        tab.shot("12-camera-offline")
+        tab.shot("12-camera-unreachable")
     finally:
         site.cams["shop"].start()
     tab.close()

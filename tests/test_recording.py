@@ -110,15 +110,15 @@ async def test_segments_appear_on_schedule_and_are_readable(shared_cam, rig_fact
     assert abs(evs[-1].end - time.time()) < 5
 
 
-async def test_killed_camera_goes_offline_and_recording_resumes(testcam_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_killed_camera_goes_unreachable_and_recording_resumes(testcam_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
     cam = testcam_factory()
     rig = rig_factory(cam.url)
     await rig.start()
     await wait_until(lambda: rig.ffmpeg_events(), 30, what="first segment")
     cam.kill()
-    await wait_until(lambda: rig.sup.state == "offline", 30, what="offline state")
-    await asyncio.sleep(3)  # stays offline, retrying
-    assert rig.sup.state == "offline"
+    await wait_until(lambda: rig.sup.state == "unreachable", 30, what="unreachable state")
+    await asyncio.sleep(3)  # stays unreachable, retrying
+    assert rig.sup.state == "unreachable" and rig.sup.snapshot()["cause"] in ("refused", "dropped")
     runs_before = {e.run_id for e in rig.events}
     back = time.monotonic()
     cam.restart()
@@ -174,18 +174,21 @@ async def test_killed_ffmpeg_is_restarted_and_cut_segment_is_readable(testcam_fa
     assert last["reason"] == "killed" and last["rc"] == -signal.SIGKILL
 
 
-async def test_unreachable_camera_is_offline_not_a_crash(rig_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_unreachable_camera_is_a_state_not_a_crash(rig_factory) -> None:  # type: ignore[no-untyped-def]
     from fixtures_cam import free_port
 
     rig = rig_factory(f"rtsp://admin:pw-123@127.0.0.1:{free_port()}/stream")
     await rig.start()
-    await wait_until(lambda: rig.sup.state == "offline", 20, what="offline")
+    await wait_until(lambda: rig.sup.state == "unreachable", 20, what="unreachable")
     await asyncio.sleep(2.5)
-    assert rig.sup.state == "offline" and not rig.task.done()  # type: ignore[union-attr]
+    assert rig.sup.state == "unreachable" and not rig.task.done()  # type: ignore[union-attr]
     assert rig.events == []
-    last = rig.sup.snapshot()["last_exit"]  # what `recorderd status` shows: why, and when
-    assert last["reason"] == "offline" and time.time() - 20 < last["at"] <= time.time()
-    assert last["segments"] == 0 and "pw-123" not in repr(last)
+    snap = rig.sup.snapshot()  # what `recorderd status` shows: why, when, and what to do
+    last = snap["last_exit"]
+    assert last["reason"] == "unreachable" and time.time() - 20 < last["at"] <= time.time()
+    assert last["segments"] == 0 and "pw-123" not in repr(snap)
+    assert snap["cause"] == "refused" and last["cause"] == "refused"
+    assert snap["hint"].startswith("nothing listens at the address in cameras[0].url")
 
 
 @pytest.mark.parametrize(("audio", "codec"), [("aac", "aac"), ("alaw", "aac")])

@@ -91,10 +91,10 @@ def test_plan_days_and_days_that_fit_match_the_runbook() -> None:
 def test_ages_and_last_exit_text() -> None:
     assert [human_age(s) for s in (-3, 42, 300.9, 3600, 3 * H + 600, 86400, 2 * 86400 + 4 * H)] == [
         "0s", "42s", "5m", "1h", "3h10m", "1d", "2d4h"]
-    le = {"reason": "offline", "rc": 1, "at": 1000.0}
-    assert last_exit_text(le, 1300.0) == "offline rc=1 5m ago"
+    le = {"reason": "unreachable", "rc": 1, "at": 1000.0}
+    assert last_exit_text(le, 1300.0) == "unreachable rc=1 5m ago"
     assert last_exit_text({**le, "reason": "storage_error", "rc": None}, 1000.0) == "storage_error 0s ago"
-    assert last_exit_text(None, 0) == "-" and last_exit_text({**le, "at": None}, 1300.0) == "offline rc=1"
+    assert last_exit_text(None, 0) == "-" and last_exit_text({**le, "at": None}, 1300.0) == "unreachable rc=1"
     assert human_age(59.9) == "59s" and human_age(60) == "1m" and human_age(3599) == "59m"
     assert human_age(86399) == "23h59m" and human_age(timedelta(days=3).total_seconds()) == "3d"
 
@@ -295,7 +295,7 @@ def status_config(root: Path, dsn: str) -> Config:
 
 def write_live(cfg: Config, now: float, *, new_shape: bool) -> None:
     cams: list[dict[str, Any]] = [
-        {"camera_id": "cam-001", "state": "offline", "is_recording": False, "current_file": None,
+        {"camera_id": "cam-001", "state": "unreachable", "is_recording": False, "current_file": None,
          "last_segment_end": now - 900, "restarts": 4, "state_since": now - 600},
         {"camera_id": "cam-002", "state": "recording", "is_recording": True,
          "current_file": str(cfg.storage.root / "cam-002/2026-11-20/11-59-00.mp4"),
@@ -306,8 +306,12 @@ def write_live(cfg: Config, now: float, *, new_shape: bool) -> None:
     payload: dict[str, Any] = {"pid": os.getpid(), "written_at": now, "started_at": now - 86400,
                                "database_up": True, "pending_rows": 0, "cameras": cams}
     if new_shape:
+        cams[0]["cause"] = "refused"
+        cams[0]["hint"] = ("nothing listens at the address in cameras[0].url: check the camera's IP and port "
+                           "(rtsp://u:camsecret@10.0.0.1/s)")  # masked again by status, whatever a daemon wrote
+        cams[1]["stream"] = {"video": "hevc", "audio": "pcm_alaw", "audio_mode": "aac"}
         cams[0]["last_exit"] = {
-            "reason": "offline", "rc": 1, "at": now - 300, "run_seconds": 5.0, "segments": 0,
+            "reason": "unreachable", "rc": 1, "at": now - 300, "run_seconds": 5.0, "segments": 0,
             "stderr": ["[rtsp @ 0x5581] method DESCRIBE failed: 503 Service Unavailable",
                        "rtsp://u:***@10.0.0.1/s: Connection refused",
                        "leaked rtsp://u:camsecret@10.0.0.1/s"]}  # an older daemon that did not mask
@@ -337,7 +341,10 @@ async def test_status_shows_last_exit_and_config_fallback(tmp_path: Path, pg_dsn
     assert fb["path"] == "/var/lib/recorderd/last-good-config.yaml"
     cams = {c["camera_id"]: c for c in doc["cameras"]}
     le = cams["cam-001"]["last_exit"]
-    assert (le["reason"], le["rc"], le["run_seconds"], le["segments"]) == ("offline", 1, 5.0, 0)
+    assert (le["reason"], le["rc"], le["run_seconds"], le["segments"]) == ("unreachable", 1, 5.0, 0)
+    assert cams["cam-001"]["cause"] == "refused" and "cameras[0].url" in cams["cam-001"]["hint"]
+    assert cams["cam-002"]["stream"] == {"video": "hevc", "audio": "pcm_alaw", "audio_mode": "aac"}
+    assert cams["cam-002"]["hint"] is None
     assert le["at"].endswith("Z") and le["at"] == datetime.fromtimestamp(now - 300, UTC).isoformat(
         timespec="microseconds").replace("+00:00", "Z")
     assert len(le["stderr"]) == 3 and "camsecret" not in out and "rtsp://u:***@10.0.0.1/s" in le["stderr"][2]
@@ -349,11 +356,12 @@ async def test_status_shows_last_exit_and_config_fallback(tmp_path: Path, pg_dsn
     assert "saved 2026-11-19T08:00:00Z" in lines[0] and lines[1] == "  cameras[2].url: is required"
     header = next(line for line in lines if line.startswith("CAMERA"))
     assert "LAST EXIT" in header
-    assert "offline rc=1 5m ago" in next(line for line in lines if line.startswith("cam-001"))
+    assert "unreachable rc=1 5m ago" in next(line for line in lines if line.startswith("cam-001"))
     assert "camera_dropped rc=0 2h01m ago" in next(line for line in lines if line.startswith("cam-002"))
     assert "not recording: 1 camera" in out  # cam-003 is disabled: not a question
-    assert ("cam-001: offline for 10m; last exit offline rc=1 at " in out and "(5m ago) after 5.0s, 0 segments"
-            in out)
+    assert ("cam-001: unreachable for 10m; last exit unreachable rc=1 at " in out
+            and "(5m ago) after 5.0s, 0 segments" in out)
+    assert "      -> nothing listens at the address in cameras[0].url: check the camera's IP and port" in out
     assert "      | [rtsp @ 0x5581] method DESCRIBE failed: 503 Service Unavailable" in out
     assert "camsecret" not in out
 
@@ -371,10 +379,10 @@ async def test_status_reads_an_old_status_file(tmp_path: Path, pg_dsn: str) -> N
     assert all(c["last_exit"] is None for c in doc["cameras"])
     rc, out, _ = await run_cmd(cmd_status, cfg, False, now=now)
     assert rc == 0 and not out.startswith("WARNING") and "LAST EXIT" in out
-    assert "  cam-001: offline for 10m\n" in out  # an old daemon does not say why
+    assert "  cam-001: unreachable for 10m\n" in out  # an old daemon does not say why
 
     status = json.loads(cfg.storage.status_file.read_text())  # junk in the new keys is not fatal
-    status["cameras"][0]["last_exit"] = "offline"
+    status["cameras"][0]["last_exit"] = "unreachable"
     status["cameras"][1]["last_exit"] = {"reason": "stall", "rc": "?", "stderr": "not a list"}
     status["cameras"][2]["last_exit"] = None  # a new daemon: no exit yet
     status["config_fallback"] = ["?"]

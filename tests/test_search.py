@@ -187,7 +187,7 @@ def live_status(cfg: Config, **over: Any) -> None:
                     "is_recording": True,
                     "current_file": str(cfg.storage.root / "cam-001/2026-11-21/10-00-00.mp4"),
                     "last_segment_end": now - 5, "restarts": 2, "pid": 4242, "state_since": now - 50},
-                   {"camera_id": "cam-002", "name": "cam-002", "tenant": "acme", "state": "offline",
+                   {"camera_id": "cam-002", "name": "cam-002", "tenant": "acme", "state": "unreachable",
                     "is_recording": False, "current_file": None, "last_segment_end": None, "restarts": 9,
                     "pid": None, "state_since": now - 10}]}
     payload.update(over)

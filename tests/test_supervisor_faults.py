@@ -198,12 +198,12 @@ async def test_camera_password_is_not_on_ffmpegs_command_line(testcam_factory, r
     assert b"Pa55-w0rd-in-argv" not in environ
 
 
-async def test_wrong_password_through_the_pipe_is_still_rejected_not_offline(testcam_factory, rigs) -> None:  # type: ignore[no-untyped-def]
+async def test_wrong_password_through_the_pipe_is_unauthorized_not_unreachable(testcam_factory, rigs) -> None:  # type: ignore[no-untyped-def]
     cam = testcam_factory(user="viewer", password="right")
     rig = rigs(cam.url.replace(":right@", ":wrong@"))
     await wait_until(lambda: rig.sup.restarts >= 1, 20, what="the first failed run")
-    assert rig.sup.state == "backoff"
-    assert metrics.FFMPEG_RESTARTS.labels("cam-1", "rejected")._value.get() >= 1
+    assert rig.sup.state == "unauthorized" and rig.sup.snapshot()["cause"] == "auth_failed"
+    assert metrics.FFMPEG_RESTARTS.labels("cam-1", "unauthorized")._value.get() >= 1
 
 
 async def test_a_crash_after_good_work_restarts_at_once_whatever_the_backoff(shared_cam, rigs) -> None:  # type: ignore[no-untyped-def]

@@ -31,7 +31,7 @@ async def wait_until(pred: Callable[[], Any], timeout: float, step: float = 0.1,
 def ffprobe(path: str | Path) -> dict[str, Any]:
     """ffprobe's view of a file: raises if it cannot read it."""
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-show_entries", "format=duration:stream=codec_type,codec_name",
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration:stream=codec_type,codec_name,codec_tag_string",
          "-of", "json", str(path)], capture_output=True, text=True, timeout=30, check=True)
     data: dict[str, Any] = json.loads(out.stdout)
     return data

@@ -138,6 +138,8 @@ class CameraApi:
             "state": (live or {}).get("state", "disabled" if not cam.enabled else "unknown"),
             "is_recording": bool((live or {}).get("is_recording")),
             "state_since": iso((live or {})["state_since"]) if (live or {}).get("state_since") else None,
+            # why it does not record (recorderd.diagnose), and what to fix
+            "cause": (live or {}).get("cause"), "hint": (live or {}).get("hint"),
             "last_segment_end": iso(newest.timestamp()) if newest is not None else None,
             "restarts": (live or {}).get("restarts"),
             "last_exit": None if not last_exit else {

@@ -11,13 +11,15 @@ let session = null;
 let current = null;  // AbortController of the view on screen
 
 const STATES = {
-  recording: "Recording", starting: "Starting", backoff: "Retrying", offline: "Offline", stalled: "Stalled",
-  disabled: "Disabled", unknown: "Unknown", rejected: "Rejected", error: "Error", storage_missing: "Disk missing",
+  recording: "Recording", starting: "Starting", backoff: "Retrying", stalled: "Stalled",
+  unreachable: "Unreachable", unauthorized: "Login refused", not_found: "Stream not found", unsupported: "Unsupported codec",
+  disabled: "Disabled", unknown: "Unknown", error: "Error", storage_missing: "Disk missing",
 };
 
-export function stateBadge(el, state) {
+export function stateBadge(el, state, hint) {
   el.textContent = STATES[state] || state;
   el.dataset.state = state;
+  el.title = hint || "";  // why it does not record, and what to fix
   el.className = `state state-${/^[a-z_]+$/.test(state) ? state : "unknown"}`;
 }
 

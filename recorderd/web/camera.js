@@ -17,7 +17,7 @@ export async function showCamera(root, cameraId, { session, say, stateBadge, sig
   document.title = `${camera.name || camera.camera_id} · recorderd`;
   view.querySelector("#cam-title").textContent = camera.name || camera.camera_id;
   const badge = view.querySelector("#cam-state");
-  stateBadge(badge, camera.state);
+  stateBadge(badge, camera.state, camera.hint);
 
   const video = view.querySelector("#video");
   const clock = view.querySelector("#clock");
@@ -210,7 +210,7 @@ export async function showCamera(root, cameraId, { session, say, stateBadge, sig
   timer = setInterval(async () => {
     try {
       const cam = await api(`/cameras/${enc(cameraId)}`, { signal });
-      stateBadge(badge, cam.state);
+      stateBadge(badge, cam.state, cam.hint);
       if (day && day.end > Date.now() - 60_000 && mode === "day") await refreshTimeline();
     } catch { /* the next tick tries again; errors show on actions */ }
   }, TIMELINE_REFRESH_MS);

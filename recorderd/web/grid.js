@@ -28,7 +28,7 @@ export async function showGrid(root, { go, say, stateBadge, signal }) {
     }
     el.querySelector(".tile-name").textContent = cam.name || cam.camera_id;
     el.querySelector(".tile-id").textContent = cam.camera_id;
-    stateBadge(el.querySelector(".state"), cam.state);
+    stateBadge(el.querySelector(".state"), cam.state, cam.hint);
     el.dataset.state = cam.state;
     const last = el.querySelector(".tile-last");
     if (cam.last_segment_end) {

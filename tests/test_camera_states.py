@@ -1,0 +1,148 @@
+"""Cameras as operators meet them: each trouble names itself, is not retried into a lockout, and a
+live fix of the YAML brings the camera to ``recording``; H.265 is recorded as ``hvc1``; a G.711
+camera's audio decision outlives a restart. Real daemon, real FFmpeg, real GStreamer cameras."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fixtures_cam import free_port
+from util import DaemonProc, camera_doc, ffprobe, make_config, wait_until, write_config
+
+from recorderd import metrics
+from recorderd.events import SegmentEvent
+from recorderd.layout import STATE_DIR
+from recorderd.probe import probe_duration
+from recorderd.streammemory import StreamMemory
+from recorderd.supervisor import CameraSupervisor
+
+pytestmark = pytest.mark.integration
+
+
+def states(d: DaemonProc) -> dict[str, dict[str, Any]]:
+    st = d.status() or {"cameras": []}
+    return {c["camera_id"]: c for c in st["cameras"]}
+
+
+async def test_each_trouble_names_itself_and_a_live_fix_records(testcam_factory, pg_dsn, tmp_path, daemons) -> None:  # type: ignore[no-untyped-def]
+    cam = testcam_factory(user="viewer", password="right-pw")
+    bad_pw = cam.url.replace("right-pw", "wrong-pw")
+    bad_path = cam.url.replace("/stream", "/nope")
+    stopped = f"rtsp://viewer:right-pw@127.0.0.1:{free_port()}/stream"
+    cams = [camera_doc("pw", bad_pw), camera_doc("path", bad_path), camera_doc("gone", stopped)]
+    root = tmp_path / "rec"
+    cfg = write_config(tmp_path / "cameras.yaml", root, cams, database={"dsn": pg_dsn})
+    d = DaemonProc(cfg, root, tmp_path / "daemon.log").start()
+    daemons.append(d)
+    want = {"pw": ("unauthorized", "auth_failed", "check them in cameras[0].url"),
+            "path": ("not_found", "path_not_found", "check the path in cameras[1].url"),
+            "gone": ("unreachable", "refused", "nothing listens at the address in cameras[2].url")}
+    await wait_until(lambda: all(states(d).get(k, {}).get("state") == v[0] for k, v in want.items()), 40,
+                     what="each camera in its trouble state")
+    t_first = time.monotonic()
+    for cid, (state, cause, hint) in want.items():
+        c = states(d)[cid]
+        assert (c["state"], c["cause"]) == (state, cause) and hint in c["hint"], c
+        assert c["last_exit"]["reason"] == state
+    # one log line per episode, with the hint; nothing carries a password
+    told = {e["camera"]: e for e in d.events("camera_unavailable")}
+    assert set(told) == set(want) and all(told[k]["state"] == want[k][0] for k in want)
+    await asyncio.sleep(8)  # the unreachable camera is retried (port probe), the others left alone
+    again = d.events("camera_unavailable")
+    assert len(again) == 3, again
+    assert states(d)["pw"]["restarts"] == 1, "a wrong password was tried again within seconds"
+    assert states(d)["gone"]["restarts"] >= 2
+    assert next(e for e in d.events("camera_retry_scheduled") if e["camera"] == "pw")["delay"] >= 48
+    text = d.log_path.read_text() + d.status_path.read_text()
+    assert "right-pw" not in text and "wrong-pw" not in text
+
+    # the operator fixes the three URLs: each records within seconds (no waiting out the backoff)
+    doc = yaml.safe_load(cfg.read_text())
+    for c in doc["cameras"]:
+        c["url"] = cam.url
+    cfg.write_text(yaml.safe_dump(doc))
+    fixed = time.monotonic()
+    await wait_until(lambda: all(states(d).get(k, {}).get("state") == "recording" for k in want), 40,
+                     what="all three recording after the fix")
+    took = time.monotonic() - fixed
+    assert took < 20, took
+    assert time.monotonic() - t_first < 60  # well before the password's 60 s retry would have come
+    for cid in want:
+        assert states(d)[cid]["hint"] is None and states(d)[cid]["cause"] is None
+    assert set(d.events("config_reloaded")[-1]["restarted"]) == set(want)  # a new URL: a new FFmpeg at once
+
+
+class Sup:
+    """One supervisor in the test's loop (what test_recording's Rig does, plus a stream memory)."""
+
+    def __init__(self, root: Path, url: str, memory: StreamMemory | None = None, **cam: Any) -> None:
+        self.events: list[SegmentEvent] = []
+        config = make_config(root, [camera_doc("cam-1", url, segment_seconds=2, **cam)])
+        self.sup = CameraSupervisor(config.cameras[0], root, self.events.append, probe=probe_duration,
+                                    memory=memory)
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Sup:
+        self.started = time.time()
+        self.task = asyncio.create_task(self.sup.run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.sup.stop()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 15)
+
+    def segments(self) -> list[SegmentEvent]:
+        return [e for e in self.events if e.source == "ffmpeg"]
+
+
+async def test_h265_camera_records_hvc1_files(testcam_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cam = testcam_factory(codec="h265")
+    async with Sup(tmp_path, cam.url) as s:
+        await wait_until(lambda: len(s.segments()) >= 2, 40, what="two H.265 segments")
+        assert s.sup.snapshot()["stream"]["video"] == "hevc"
+    info = ffprobe(s.segments()[1].path)  # a whole 2 s segment (the last one is cut by the stop)
+    video = [st for st in info["streams"] if st["codec_type"] == "video"]
+    assert [(v["codec_name"], v["codec_tag_string"]) for v in video] == [("hevc", "hvc1")]
+    assert float(info["format"]["duration"]) > 1.0
+
+
+async def test_unsupported_codec_is_named_and_not_retried_every_second(testcam_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cam = testcam_factory(codec="vp8")
+    async with Sup(tmp_path, cam.url) as s:
+        await wait_until(lambda: s.sup.state == "unsupported", 30, what="unsupported")
+        await asyncio.sleep(4)
+        snap = s.sup.snapshot()
+        assert snap["cause"] == "codec" and snap["hint"].startswith("vp8 video cannot be stored in MP4")
+        assert s.sup.restarts == 1 and s.events == []
+        assert metrics.CAMERA_STATE.labels("cam-1", "unsupported")._value.get() == 1
+
+
+async def test_a_g711_camera_restarted_loses_no_first_seconds(testcam_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cam = testcam_factory(audio="alaw")
+    (tmp_path / STATE_DIR).mkdir()  # the volume is mounted (the daemon's marker directory exists)
+    # first start ever: FFmpeg is refused G.711 in MP4, the supervisor learns AAC (costs one run)
+    async with Sup(tmp_path, cam.url, memory=StreamMemory(tmp_path)) as first:
+        await wait_until(lambda: first.segments(), 40, what="first segment")
+        assert first.sup.restarts == 1 and first.sup.last_exit["reason"] == "audio_transcode"  # type: ignore[index]
+        lost_first = first.segments()[0].start - first.started
+    saved = (tmp_path / STATE_DIR / "streams.json").read_text()
+    assert '"audio_mode": "aac"' in saved and "pcm_alaw" in saved
+    # the next start (a new daemon: a new memory object reading the file) transcodes from the first run
+    async with Sup(tmp_path, cam.url, memory=StreamMemory(tmp_path)) as second:
+        await wait_until(lambda: second.segments(), 40, what="first segment after the restart")
+        assert second.sup.restarts == 0
+        assert second.sup.snapshot()["stream"] == {"video": "h264", "audio": "pcm_alaw", "audio_mode": "aac"}
+        lost_second = second.segments()[0].start - second.started
+    streams = {s["codec_type"]: s["codec_name"] for s in ffprobe(second.segments()[0].path)["streams"]}
+    assert streams == {"video": "h264", "audio": "aac"}
+    # the first footage starts as soon as FFmpeg has analysed the stream, not a failed run later
+    assert lost_second < lost_first - 1.0, (lost_first, lost_second)
+    assert lost_second < 6.0, lost_second
+    os.unlink(tmp_path / STATE_DIR / "streams.json")
