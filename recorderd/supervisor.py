@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recorderd import cutfile, diagnose, ffmpeg, metrics
+from recorderd import cutfile, diagnose, ffmpeg, ffmpegout, metrics
 from recorderd.backoff import Backoff
 from recorderd.clock import Step, WallClock
 from recorderd.config import Camera
@@ -35,21 +35,18 @@ from recorderd.logging import get_logger
 from recorderd.masking import mask_text, secrets_of
 from recorderd.process import SpawnPacer, spawn, stop_process
 from recorderd.progress import ProgressPoller
-from recorderd.ratelimit import KeyedRateLimiter
 from recorderd.restarts import IMMEDIATE, Exit, RestartPolicy
 from recorderd.stamps import PERSISTENT, RunTimeline, Stamp
 from recorderd.streammemory import StreamMemory
 
 STDERR_TAIL = 30
 STARTUP_GRACE = 15.0  # extra time before the first byte counts as a stall
-# FFmpeg stderr forwarded to the journal: a burst of 20 lines, then 1 line/s per camera
-_STDERR_LIMIT = KeyedRateLimiter(rate=1.0, burst=20)
 
 
 def forget_camera(camera_id: str) -> None:
     """A camera removed from the config leaves no metric series and no rate-limit bucket behind."""
     metrics.forget_camera(camera_id)
-    _STDERR_LIMIT.forget(camera_id)
+    ffmpegout.forget(camera_id)
 
 
 @dataclass(slots=True)
@@ -307,8 +304,10 @@ class CameraSupervisor:
                       audio=self._audio_mode, segment_seconds=cam.segment_seconds,
                       timestamps="arrival" if self.wallclock_timestamps else "camera")
         readers = [
-            asyncio.create_task(self._read_stdout(run, proc), name=f"{cam.id}:stdout"),
-            asyncio.create_task(self._read_stderr(run, proc), name=f"{cam.id}:stderr"),
+            asyncio.create_task(ffmpegout.drain(proc.stdout, lambda line: self._on_list_line(run, line), self.log,
+                                                "segment_close_failed"), name=f"{cam.id}:stdout"),
+            asyncio.create_task(ffmpegout.drain(proc.stderr, lambda line: self._on_stderr_line(run, line), self.log,
+                                                "ffmpeg_output_failed"), name=f"{cam.id}:stderr"),
         ]
         try:
             rc = await proc.wait()
@@ -365,7 +364,7 @@ class CameraSupervisor:
     def _after_exit(self, run: _Run, rc: int | None, reason: str) -> None:
         self._last_exit_wall = time.time()
         self.current_file = None
-        suppressed = _STDERR_LIMIT.pop_suppressed(self.camera.id)
+        suppressed = ffmpegout.pop_suppressed(self.camera.id)
         if suppressed:
             self.log.warning("ffmpeg_output_suppressed", count=suppressed)
         lasted = time.monotonic() - run.started
@@ -416,56 +415,22 @@ class CameraSupervisor:
 
     # ------------------------------------------------------------------ FFmpeg output
 
-    async def _read_stdout(self, run: _Run, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        while True:
-            try:
-                raw = await proc.stdout.readline()
-            except ValueError:  # line longer than the buffer: not ours
-                continue
-            if not raw:
-                return
-            entry = ffmpeg.parse_list_line(raw.decode("utf-8", "replace"))
-            if entry is not None:
-                try:
-                    self._segment_closed(run, entry, self.clock.mono())
-                except Exception as exc:  # keep draining: a stuck pipe would stall FFmpeg
-                    self.log.exception("segment_close_failed", error=repr(exc), name=entry.name)
+    def _on_list_line(self, run: _Run, line: str) -> None:
+        """stdout: the segment list, one closed segment per line."""
+        entry = ffmpeg.parse_list_line(line)
+        if entry is not None:
+            self._segment_closed(run, entry, self.clock.mono())
 
-    async def _read_stderr(self, run: _Run, proc: asyncio.subprocess.Process) -> None:
-        """Drain continuously: a full pipe would block FFmpeg itself."""
-        assert proc.stderr is not None
-        while True:
-            try:
-                raw = await proc.stderr.readline()
-            except ValueError:
-                continue
-            if not raw:
-                return
-            line = raw.decode("utf-8", "replace").rstrip()
-            if not line:
-                continue
-            run.stderr.append(line)
-            try:
-                opened = ffmpeg.parse_opening(line)
-                if opened is not None:
-                    self._segment_opened(run, opened)
-                elif ffmpeg.stderr_level(line) and self.state == "recording":
-                    self._forward_stderr(line)
-                else:
-                    self.log.debug("ffmpeg_output", line=mask_text(line, self._secrets))
-            except Exception as exc:  # keep draining: a full stderr pipe blocks FFmpeg itself
-                self.log.exception("ffmpeg_output_failed", error=repr(exc))
-
-    def _forward_stderr(self, line: str) -> None:
-        """Problems FFmpeg reports while recording, rate-limited so a broken camera cannot flood."""
-        decision = _STDERR_LIMIT.check(self.camera.id)
-        if decision.suppressed_before:
-            self.log.warning("ffmpeg_output_suppressed", count=decision.suppressed_before)
-        if decision.allowed:
-            self.log.warning("ffmpeg_output", line=mask_text(line, self._secrets))
+    def _on_stderr_line(self, run: _Run, line: str) -> None:
+        """stderr: a segment opened, a problem worth the journal while recording, or chatter."""
+        run.stderr.append(line)
+        opened = ffmpeg.parse_opening(line)
+        if opened is not None:
+            self._segment_opened(run, opened)
+        elif ffmpeg.stderr_level(line) and self.state == "recording":
+            ffmpegout.forward(self.camera.id, line, self.log, self._secrets)
         else:
-            metrics.FFMPEG_OUTPUT_SUPPRESSED.labels(self.camera.id).inc()
+            self.log.debug("ffmpeg_output", line=mask_text(line, self._secrets))
 
     def _segment_opened(self, run: _Run, rel: str) -> None:
         path = str(self.root / self.camera.id / rel)

@@ -11,8 +11,9 @@ from util import DaemonProc, camera_doc, wait_until, write_config
 
 from recorderd import metrics
 from recorderd.db import apply_migrations
+from recorderd.ffmpegout import _STDERR_LIMIT
 from recorderd.ratelimit import KeyedRateLimiter
-from recorderd.supervisor import _STDERR_LIMIT, forget_camera
+from recorderd.supervisor import forget_camera
 
 pytestmark = pytest.mark.integration
 
