@@ -13,6 +13,7 @@ from recorderd.config import Config, ConfigError, load_config
 
 EXIT_BAD_CONFIG = 2
 DEFAULT_STATE_DIR = Path("/var/lib/recorderd")  # the unit's StateDirectory=
+DEFAULT_CONFIG = Path("/etc/recorderd/cameras.yaml")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--to", required=True, metavar="ISO8601", help="period end (a bare date means the end of that day)")
     ex.add_argument("-o", "--output", required=True, type=Path, metavar="FILE", help="MP4 to write (must not exist)")
     ex.add_argument("--ffmpeg", default="ffmpeg", help="FFmpeg binary (default: %(default)s)")
+
+    from recorderd import camprobe
+
+    pr = sub.add_parser("probe", help="connect to a camera for a few seconds and say what it sends and how "
+                        "it would record", description="connect to a camera (a URL, or --camera of a config) "
+                        "for a few seconds: codecs, resolution, keyframe interval, bitrate, audio handling, "
+                        "the state it would be in, and warnings", epilog=camprobe.EPILOG)
+    camprobe.add_arguments(pr, DEFAULT_CONFIG)
 
     cl = sub.add_parser("clip", help="saved clips: create, list, rename, delete",
                         description="saved clips: periods cut into <root>/clips/, kept until deleted")
@@ -133,6 +142,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"{args.config}: OK ({len(cfg.cameras)} cameras, {enabled} enabled; "
               f"storage {cfg.storage.root})")
         return 0
+    if cmd == "probe":
+        from recorderd import camprobe
+
+        return camprobe.main(args, DEFAULT_CONFIG, _load)
     if cmd == "run":
         fmt = {"auto": None, "json": True, "console": False}[args.log_format]
         rlog.configure(args.log_level, json=fmt)
