@@ -169,8 +169,10 @@ async def test_status_without_daemon_says_so_and_exits_3(tmp_path: Path, pg_dsn:
     cams = {c["camera_id"]: c for c in doc["cameras"]}
     assert list(cams) == ["cam-001", "cam-002", "cam-003"]
     assert set(cams["cam-001"]) == {"camera_id", "state", "is_recording", "current_file", "last_segment_end",
-                                    "restarts", "disk_usage_bytes", "retention_days", "last_exit"}
+                                    "restarts", "disk_usage_bytes", "retention_days", "last_exit", "cause", "hint",
+                                    "stream"}
     assert cams["cam-001"]["last_exit"] is None and doc["daemon"]["config_fallback"] is None
+    assert cams["cam-001"]["hint"] is cams["cam-001"]["cause"] is cams["cam-001"]["stream"] is None
     assert cams["cam-001"]["state"] == "not-running" and cams["cam-001"]["is_recording"] is False
     assert cams["cam-001"]["disk_usage_bytes"] == 200
     assert cams["cam-001"]["last_segment_end"] == "2026-11-18T11:07:00.000000Z"
