@@ -21,27 +21,42 @@ FRAG_OPTIONS = "movflags=+frag_keyframe+empty_moov+default_base_moof:flush_packe
 
 
 INPUT_FD = "{input_fd}"  # replaced by the fd number of the pipe carrying the input script
-# what the one-entry concat script may open: the script itself (file, a /dev/fd path) and the
-# camera's own protocols; config only admits rtsp/rtsps/http/https/rtmp camera URLs
-INPUT_PROTOCOLS = "file,rtsp,rtsps,rtp,srtp,udp,tcp,tls,http,https,httpproxy,crypto,rtmp,rtmps"
+# what the camera input, and everything it opens in turn, may use: config only admits
+# rtsp/rtsps/http/https/rtmp camera URLs. RTSPS and HTTPS run over tls; an HLS playlist's segments
+# are opened with the playlist's whitelist (crypto for AES-128 segments); rtmps for completeness.
+# Never ``file``: a playlist from the network could then name local files (other cameras' footage)
+# and FFmpeg would read them into this camera's recording.
+CAMERA_PROTOCOLS = "rtsp,rtsps,rtp,srtp,udp,tcp,tls,http,https,httpproxy,crypto,rtmp,rtmps"
+# what the one-entry concat script may open: the script itself (file, a /dev/fd path), and the
+# camera's protocols (the script's ``option protocol_whitelist`` narrows the camera input to those)
+INPUT_PROTOCOLS = "file," + CAMERA_PROTOCOLS
 
 
 def input_options(camera: Camera) -> list[tuple[str, str]]:
-    """Demuxer/protocol options of the camera input (socket timeout, RTSP transport)."""
+    """Demuxer/protocol options of the camera input: protocol whitelist, I/O timeout, RTSP transport.
+
+    The timeout bounds connecting and every read, in microseconds: ``timeout`` for RTSP(S) (its
+    socket timeout), ``rw_timeout`` for HTTP(S) (the HLS demuxer passes it on to the playlist
+    reloads and segment requests) and RTMP, whose own ``timeout`` would make FFmpeg *listen* for a
+    connection instead. RTSPS always carries the media on its TLS connection, whatever
+    ``rtsp_transport`` says.
+    """
     scheme = urlsplit(camera.url).scheme
+    micros = str(int(camera.timeout_seconds * 1_000_000))
+    options = [("protocol_whitelist", CAMERA_PROTOCOLS)]
     if scheme in ("rtsp", "rtsps"):
-        return [("rtsp_transport", camera.rtsp_transport),
-                ("timeout", str(int(camera.timeout_seconds * 1_000_000)))]
+        return [*options, ("rtsp_transport", camera.rtsp_transport), ("timeout", micros)]
     if scheme in ("http", "https", "rtmp"):
-        return [("rw_timeout", str(int(camera.timeout_seconds * 1_000_000)))]
-    return []
+        return [*options, ("rw_timeout", micros)]
+    return options
 
 
 def input_script(camera: Camera) -> bytes:
     """The camera URL as a one-entry ffconcat script, so it never appears on FFmpeg's command line.
 
     Every local user can read a process's argv (``ps``, ``systemctl status``); a pipe inherited by
-    FFmpeg cannot be read by anyone else. The concat demuxer opens the URL with the input options.
+    FFmpeg cannot be read by anyone else. The concat demuxer opens the URL with the input options
+    (``option`` lines), among them the protocol whitelist that keeps ``file`` from the camera.
     """
     quoted = "'" + camera.url.replace("'", "'\\''") + "'"
     lines = ["ffconcat version 1.0", f"file {quoted}"]

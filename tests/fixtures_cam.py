@@ -6,7 +6,8 @@ back on the same port (``restart``), or hang it (``hang``/``resume``, SIGSTOP/SI
 Fixtures:
 
 * ``testcam_factory`` (function): ``testcam_factory(fps=5, audio="aac", user="u", password="p",
-  codec="h265")`` (codec h264, h265 or vp8: one the MP4 container refuses)
+  codec="h265", tls_cert="cam.pem")`` (codec h264, h265 or vp8: one the MP4 container refuses;
+  tls_cert: a PEM file with a certificate and its key, for an RTSPS camera at ``rtsps://``)
   returns a started ``TestCam``; everything it made is stopped at teardown.
 * ``shared_cam``: one default camera (10 fps, keyframe every 10 frames = 1/s) per session, for
   tests that only need "a camera that works"; respawned on its port, with a warning, if it dies
@@ -41,6 +42,13 @@ _procs: set[subprocess.Popen[bytes]] = set()
 _procs_lock = threading.Lock()  # tests drive cameras from worker threads too (asyncio.to_thread)
 
 
+def track_process(proc: subprocess.Popen[bytes]) -> None:
+    """Kill ``proc`` at interpreter exit if nobody reaped it (other fixtures' servers use this too)."""
+    with _procs_lock:
+        _procs.difference_update([p for p in _procs if p.returncode is not None])  # reaped ones
+        _procs.add(proc)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -57,19 +65,21 @@ def port_accepts(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bo
 
 
 class TestCam:
-    """One ``scripts/testcam`` process serving ``rtsp://127.0.0.1:PORT/stream``."""
+    """One ``scripts/testcam`` process serving ``rtsp://127.0.0.1:PORT/stream`` (``rtsps://`` with ``tls_cert``)."""
 
     __test__ = False  # not a pytest test class
 
     def __init__(self, *, port: int | None = None, fps: int = 10, gop: int = 10, audio: str = "none",
                  user: str | None = None, password: str | None = None, path: str = "/stream",
                  width: int = 320, height: int = 240, bitrate: int = 256, pattern: str = "ball",
-                 ts_scale: float = 1.0, codec: str = "h264") -> None:
+                 ts_scale: float = 1.0, codec: str = "h264", tls_cert: str | os.PathLike[str] | None = None) -> None:
         if audio not in ("none", "aac", "alaw"):
             raise ValueError(f"audio must be none, aac or alaw, got {audio!r}")
         if codec not in ("h264", "h265", "vp8"):
             raise ValueError(f"codec must be h264, h265 or vp8, got {codec!r}")
         self.codec = codec
+        self.tls_cert = str(tls_cert) if tls_cert is not None else None  # PEM: certificate + key
+        self.scheme = "rtsps" if self.tls_cert else "rtsp"
         self._fixed_port = port is not None
         self.port = port if port is not None else free_port()
         self.fps, self.gop, self.audio = fps, gop, audio
@@ -92,11 +102,11 @@ class TestCam:
         cred = ""
         if self.user:
             cred = quote(self.user, safe="") + ":" + quote(self.password or "", safe="") + "@"
-        return f"rtsp://{cred}127.0.0.1:{self.port}{self.path}"
+        return f"{self.scheme}://{cred}127.0.0.1:{self.port}{self.path}"
 
     @property
     def url_without_credentials(self) -> str:
-        return f"rtsp://127.0.0.1:{self.port}{self.path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{self.path}"
 
     @property
     def pid(self) -> int | None:
@@ -117,6 +127,8 @@ class TestCam:
             argv += ["--user", self.user, "--password", self.password or ""]
         if self.ts_scale != 1.0:
             argv += ["--ts-scale", str(self.ts_scale)]
+        if self.tls_cert:
+            argv += ["--tls-cert", self.tls_cert]
         return argv
 
     def _stderr_text(self) -> str:
@@ -152,11 +164,9 @@ class TestCam:
             self._argv(), stdin=subprocess.DEVNULL, stdout=self._stdout, stderr=self._stderr,
             env=env, start_new_session=True,
         )
-        with _procs_lock:
-            _procs.difference_update([p for p in _procs if p.returncode is not None])  # reaped ones
-            _procs.add(self.proc)
+        track_process(self.proc)
         self.hung = False
-        ready_line = f"testcam: rtsp://127.0.0.1:{self.port}"
+        ready_line = f"testcam: {self.scheme}://127.0.0.1:{self.port}"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -37,6 +37,32 @@ CASES = [
       "Could not write header for output file #0 (incorrect codec parameters ?): Invalid argument"],
      "unsupported", "codec"),
     (["Stream map '0:v:0' matches no streams."], "unsupported", "no_video"),
+    # other sources (issue 13), as FFmpeg 5.1 printed them against the servers of test_sources.py
+    (["[https @ 0x1] HTTP error 404 File not found",
+      "[concat @ 0x2] Impossible to open 'https://127.0.0.1:45429/ts/nothere.m3u8'",
+      "/dev/fd/15: Server returned 404 Not Found"], "not_found", "path_not_found"),
+    (["[http @ 0x1] HTTP error 401 Unauthorized", "[concat @ 0x2] Impossible to open 'http://v:***@h/x.m3u8'",
+      "/dev/fd/15: Server returned 401 Unauthorized (authorization failed)"], "unauthorized", "auth_failed"),
+    (["[tcp @ 0x1] Connection to tcp://127.0.0.1:47647?tcp_nodelay=0 failed: Connection refused",
+      "[rtmp @ 0x2] Cannot open connection tcp://127.0.0.1:47647?tcp_nodelay=0",
+      "[concat @ 0x3] Impossible to open 'rtmp://127.0.0.1:47647/live/cam'", "/dev/fd/15: Connection refused"],
+     "unreachable", "refused"),
+    (["[rtmp @ 0x1] Cannot read RTMP handshake response",  # accepts, never answers
+      "[concat @ 0x2] Impossible to open 'rtmp://127.0.0.1:28090/live/cam'", "/dev/fd/3: Connection timed out"],
+     "unreachable", "timeout"),
+    # nginx-rtmp (idle_streams off) answers play with NetStream.Play.StreamNotFound, description
+    # "Live stream not found"; FFmpeg's rtmpproto prints the description (the code when there is none)
+    (["[rtmp @ 0x1] Server error: Live stream not found", "/dev/fd/3: Operation not permitted"],
+     "not_found", "path_not_found"),
+    (["[rtmp @ 0x1] Server error: NetStream.Play.StreamNotFound", "/dev/fd/3: Operation not permitted"],
+     "not_found", "path_not_found"),
+    (["[tls @ 0x1] An unexpected TLS packet was received.",  # rtsps:// or https:// at a plain port
+      "[concat @ 0x2] Impossible to open 'rtsps://127.0.0.1:33009/stream'", "/dev/fd/15: Input/output error"],
+     "unreachable", "not_a_camera"),
+    (["[file @ 0x1] Protocol 'file' not on whitelist 'rtsp,rtsps,rtp,srtp,udp,tcp,tls,http,https'!",
+      "[hls @ 0x2] Error when loading first segment 'file:///srv/rec/cam-2/2026-01-01/00-00-00.mp4'",
+      "[concat @ 0x3] Impossible to open 'http://relay/cam/live.m3u8'",
+      "/dev/fd/15: Invalid data found when processing input"], "unreachable", "not_a_camera"),
     (["something odd happened"], "error", "unknown"),
     ([], "error", "unknown"),
 ]

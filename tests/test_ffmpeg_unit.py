@@ -93,3 +93,35 @@ def test_camera_address_defaults() -> None:
     assert ffmpeg.camera_address("rtsp://u:p@cam.local/x") == ("cam.local", 554)
     assert ffmpeg.camera_address("rtsp://10.0.0.5:8554/x") == ("10.0.0.5", 8554)
     assert ffmpeg.camera_address("file:///tmp/x") is None
+
+
+@pytest.mark.parametrize(("url", "timeout_option", "needs"), [
+    ("rtsp://10.0.0.5/stream", "timeout", {"rtsp", "rtp", "udp", "tcp"}),
+    ("rtsps://10.0.0.5:322/stream", "timeout", {"rtsps", "tls", "tcp"}),
+    ("http://relay:8888/cam/index.m3u8", "rw_timeout", {"http", "tcp", "crypto"}),  # crypto: AES-128 HLS
+    ("https://relay:8443/cam/index.m3u8", "rw_timeout", {"https", "tls", "tcp", "crypto", "httpproxy"}),
+    ("rtmp://relay/live/cam", "rw_timeout", {"rtmp", "tcp"}),  # rtmp's own -timeout means *listen*
+])
+def test_input_options_per_source(cams, url: str, timeout_option: str, needs: set[str]) -> None:  # type: ignore[no-untyped-def]
+    cam = replace(cams[0], url=url)
+    opts = dict(ffmpeg.input_options(cam))
+    assert opts.pop(timeout_option) == "5000000"  # timeout_seconds: 5, in microseconds
+    assert ("rtsp_transport" in opts) == url.startswith("rtsp")
+    whitelist = opts.pop("protocol_whitelist").split(",")
+    assert needs <= set(whitelist) and "file" not in whitelist
+    assert set(opts) <= {"rtsp_transport"}
+    # the concat script may open itself (file) and what the camera needs, no more
+    assert set(ffmpeg.INPUT_PROTOCOLS.split(",")) == {"file", *whitelist}
+
+
+def test_input_script_keeps_url_out_of_argv_and_local_files_out_of_the_camera(cams) -> None:  # type: ignore[no-untyped-def]
+    cam = replace(cams[0], url="https://viewer:pw@relay:8443/cam/index.m3u8")
+    script = ffmpeg.input_script(cam).decode().splitlines()
+    assert script[:2] == ["ffconcat version 1.0", "file 'https://viewer:pw@relay:8443/cam/index.m3u8'"]
+    # an HLS playlist's segments are opened with the camera input's whitelist: without it, a
+    # playlist could name file:///srv/... and FFmpeg would record another camera's footage
+    assert f"option protocol_whitelist {ffmpeg.CAMERA_PROTOCOLS}" in script
+    assert "option rw_timeout 5000000" in script
+    argv = ffmpeg.build_command(cam, via_pipe=True)
+    assert not any("relay" in a or "viewer" in a for a in argv)
+    assert _opt(argv, "-protocol_whitelist") == ffmpeg.INPUT_PROTOCOLS

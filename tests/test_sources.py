@@ -1,0 +1,208 @@
+"""Sources other than RTSP record like RTSP, with the same states (issue 13).
+
+HLS over HTTP (MPEG-TS segments) and HTTPS (fMP4 segments), RTMP and RTSPS, each served here by
+FFmpeg or GStreamer (``fixtures_sources``); one CameraSupervisor per test with 2 s segments, as in
+test_recording. Each source records segments that ffprobe reads as H.264 MP4, and each kind of
+failure FFmpeg meets at such a source names its state, cause and hint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from fixtures_cam import TestCam, free_port
+from util import camera_doc, make_config, wait_until
+
+from recorderd.events import SegmentEvent
+from recorderd.probe import probe_duration
+from recorderd.supervisor import CameraSupervisor
+
+if TYPE_CHECKING:  # at run time pytest imports it as a plugin (conftest.py), asserts rewritten
+    from fixtures_sources import HlsSource, RtmpServer
+
+pytestmark = pytest.mark.integration
+
+
+class Recorder:
+    """One supervisor in the test's loop and every segment event it emitted."""
+
+    def __init__(self, root: Path, url: str, **cam: Any) -> None:
+        self.root = root
+        self.events: list[SegmentEvent] = []
+        config = make_config(root, [camera_doc("cam-1", url, **cam)])
+        self.sup = CameraSupervisor(config.cameras[0], root, self.events.append, probe=probe_duration)
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> Recorder:
+        self.task = asyncio.create_task(self.sup.run())
+        return self
+
+    async def stop(self) -> None:
+        await self.sup.stop()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 15)
+
+    def segments(self) -> list[SegmentEvent]:
+        return [e for e in self.events if e.source == "ffmpeg"]
+
+
+@pytest.fixture
+async def recorder(tmp_path: Path) -> AsyncIterator[Callable[..., Recorder]]:
+    made: list[Recorder] = []
+
+    def make(url: str, **cam: Any) -> Recorder:
+        rec = Recorder(tmp_path / f"rec{len(made)}", url, **cam)
+        made.append(rec)
+        return rec.start()
+
+    yield make
+    for rec in made:
+        if rec.task is not None and not rec.task.done():
+            await rec.stop()
+
+
+def probe_file(path: str) -> dict[str, Any]:
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries",
+                          "format=format_name,duration:stream=codec_type,codec_name", "-of", "json", path],
+                         capture_output=True, text=True, timeout=30, check=True)
+    data: dict[str, Any] = json.loads(out.stdout)
+    return data
+
+
+async def assert_records(rec: Recorder, describe: Callable[[], str] = str) -> None:
+    """Recording, then at least two full 2 s segments after the first; every file H.264 in MP4."""
+    try:
+        await wait_until(lambda: rec.sup.state == "recording", 30, what="state recording")
+        await wait_until(lambda: len(rec.segments()) >= 3, 30, what="three closed segments")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; state {rec.sup.state}, {rec.sup.snapshot().get('last_exit')}; "
+                             f"{describe()}") from None
+    assert rec.sup.state == "recording"
+    full = len(rec.segments())  # the segment open now is cut short by the stop
+    await rec.stop()
+    evs = rec.segments()
+    assert len({e.run_id for e in evs}) == 1, "one FFmpeg run, no restarts"
+    assert [e.seq for e in evs] == list(range(len(evs)))
+    for prev, nxt in zip(evs, evs[1:], strict=False):
+        assert nxt.start == prev.end  # tiles exactly within a run
+    for i, e in enumerate(evs):
+        info = probe_file(e.path)
+        assert "mp4" in info["format"]["format_name"], (e.path, info)
+        assert [s["codec_name"] for s in info["streams"]] == ["h264"], (e.path, info)  # stream copy
+        assert abs(float(info["format"]["duration"]) - e.duration) < 0.3, (e, info)
+        if i == 0:  # holds what FFmpeg read while probing (a live HLS playlist starts 3 segments back)
+            assert 0.5 < e.duration < 15, e
+        elif i < full:
+            # cut at the first keyframe (1/s) after each 2 s boundary of the wall clock; data from
+            # HLS and RTMP arrives in bursts, so a cut can land a keyframe early or late
+            assert 0.9 <= e.duration <= 3.2, e
+    assert abs(evs[-1].end - time.time()) < 8  # anchored to the wall clock, however bursty the source
+
+
+async def assert_trouble(rec: Recorder, state: str, cause: str, *, hint_has: str = "") -> dict[str, Any]:
+    await wait_until(lambda: rec.sup.state == state, 20,
+                     what=f"state {state} (now {rec.sup.state}, {rec.sup.snapshot().get('last_exit')})")
+    snap = rec.sup.snapshot()
+    assert snap["cause"] == cause, snap
+    assert snap["hint"] and hint_has in snap["hint"], snap
+    assert rec.segments() == [] and rec.task is not None and not rec.task.done()
+    return snap
+
+
+# ---------------------------------------------------------------------- recording
+
+
+async def test_hls_over_http_records(hls_source: HlsSource, recorder: Callable[..., Recorder]) -> None:
+    hls_source.check()
+    await assert_records(recorder(hls_source.url("ts")), hls_source.writer.describe)
+
+
+async def test_hls_over_https_records(hls_source: HlsSource, recorder: Callable[..., Recorder]) -> None:
+    # fMP4 segments this time; a self-signed certificate, which FFmpeg does not verify by default
+    hls_source.check()
+    await assert_records(recorder(hls_source.url("fmp4", tls=True)), hls_source.writer.describe)
+
+
+async def test_rtmp_records(rtmp_source: RtmpServer, recorder: Callable[..., Recorder]) -> None:
+    await assert_records(recorder(rtmp_source.url), rtmp_source.describe)
+
+
+async def test_rtsps_records(rtsps_cam: TestCam, recorder: Callable[..., Recorder]) -> None:
+    assert rtsps_cam.url.startswith("rtsps://")
+    await assert_records(recorder(rtsps_cam.url), lambda: rtsps_cam.stderr[-1500:])
+
+
+# ---------------------------------------------------------------------- what goes wrong
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+async def test_hls_missing_playlist_is_not_found(hls_source: HlsSource, recorder: Callable[..., Recorder],
+                                                 tls: bool) -> None:
+    # FFmpeg: "[http @ …] HTTP error 404 File not found", "/dev/fd/N: Server returned 404 Not Found"
+    rec = recorder(hls_source.url("ts", tls=tls, path="nothere.m3u8"))
+    await assert_trouble(rec, "not_found", "path_not_found", hint_has="cameras[0].url")
+
+
+async def test_hls_without_password_is_unauthorized(hls_source: HlsSource,
+                                                    recorder: Callable[..., Recorder]) -> None:
+    url = hls_source.url("ts", auth=True).replace("viewer:hls-secret@", "viewer:wrong@")
+    snap = await assert_trouble(recorder(url), "unauthorized", "auth_failed")
+    assert "wrong" not in json.dumps(snap, default=str)  # the password never reaches the status
+
+
+async def test_hls_https_url_at_the_http_port_is_not_a_camera(hls_source: HlsSource,
+                                                              recorder: Callable[..., Recorder]) -> None:
+    # FFmpeg (GnuTLS) gets an HTTP 400 page for its ClientHello: "[tls @ …] An unexpected TLS packet
+    # was received.", "/dev/fd/N: Input/output error" → the address answered, not as the scheme says
+    port = hls_source.http.server_address[1]
+    rec = recorder(f"https://127.0.0.1:{port}/ts/live.m3u8")
+    await assert_trouble(rec, "unreachable", "not_a_camera", hint_has="scheme")
+
+
+async def test_hls_playlist_cannot_make_ffmpeg_read_local_files(hls_source: HlsSource, tmp_path: Path,
+                                                                recorder: Callable[..., Recorder]) -> None:
+    # a segment of "another camera" on our disk, named by a playlist from the network
+    segment = next((hls_source.root / "ts").glob("*.ts"))
+    target = tmp_path / "other-camera.ts"
+    target.write_bytes(segment.read_bytes())
+    rec = recorder(hls_source.playlist_naming(target))
+    # FFmpeg: "[file @ …] Protocol 'file' not on whitelist 'rtsp,…'!", "[hls @ …] Error when loading
+    # first segment 'file:///…'", "/dev/fd/N: Invalid data found when processing input"
+    await assert_trouble(rec, "unreachable", "not_a_camera")
+    assert not list(rec.root.glob("cam-1/*/*.mp4"))
+
+
+async def test_rtmp_closed_port_is_unreachable(recorder: Callable[..., Recorder]) -> None:
+    # FFmpeg: "[tcp @ …] Connection to tcp://127.0.0.1:P?tcp_nodelay=0 failed: Connection refused",
+    # "[rtmp @ …] Cannot open connection tcp://127.0.0.1:P?tcp_nodelay=0", "/dev/fd/N: Connection refused"
+    rec = recorder(f"rtmp://127.0.0.1:{free_port()}/live/cam")
+    await assert_trouble(rec, "unreachable", "refused")
+
+
+async def test_rtsps_closed_port_is_unreachable(recorder: Callable[..., Recorder]) -> None:
+    # FFmpeg: "[tcp @ …] Connection to tcp://127.0.0.1:P?timeout=5000000 failed: Connection refused"
+    rec = recorder(f"rtsps://127.0.0.1:{free_port()}/stream")
+    await assert_trouble(rec, "unreachable", "refused")
+
+
+async def test_rtsps_wrong_path_is_not_found(rtsps_cam: TestCam, recorder: Callable[..., Recorder]) -> None:
+    # FFmpeg: "[rtsp @ …] method DESCRIBE failed: 404 Not Found" (over TLS)
+    rec = recorder(f"rtsps://127.0.0.1:{rtsps_cam.port}/nothere")
+    await assert_trouble(rec, "not_found", "path_not_found")
+
+
+@pytest.mark.parametrize("scheme", ["rtsp", "rtsps"])
+async def test_rtsp_and_rtsps_mixed_up_is_not_a_camera(rtsps_cam: TestCam, source_cam: TestCam,
+                                                       recorder: Callable[..., Recorder], scheme: str) -> None:
+    # rtsp:// at the TLS port: "/dev/fd/N: Invalid data found when processing input";
+    # rtsps:// at a plain RTSP port: "[tls @ …] An unexpected TLS packet was received."
+    port = rtsps_cam.port if scheme == "rtsp" else source_cam.port
+    rec = recorder(f"{scheme}://127.0.0.1:{port}/stream")
+    await assert_trouble(rec, "unreachable", "not_a_camera", hint_has="scheme")
