@@ -70,12 +70,20 @@ def input_codecs(lines: list[str]) -> dict[str, str]:
     return found
 
 
-def diagnose(lines: list[str]) -> Diagnosis:
-    """The trouble a run that never recorded ran into; ``error``/``unknown`` when nothing matches."""
+def diagnose(lines: list[str], *, lasted: float | None = None, timeout: float | None = None) -> Diagnosis:
+    """The trouble a run that never recorded ran into; ``error``/``unknown`` when nothing matches.
+
+    ``lasted``/``timeout``: a camera that accepts TCP and then says nothing makes FFmpeg 5.1 print
+    only "Invalid data found" once its socket timeout ends, the same words as a port that answers
+    in another protocol at once; the run's length tells a silent camera from a wrong port.
+    """
     lowered = [line.lower() for line in lines]
     for state, cause, phrases in _RULES:
         for line, low in zip(lines, lowered, strict=True):
             if any(p in low for p in phrases):
+                if (cause == "not_a_camera" and "invalid data found" in low and lasted is not None
+                        and timeout is not None and lasted >= 0.9 * timeout):
+                    return Diagnosis("unreachable", "timeout", line.strip())
                 if state == "unsupported":
                     codec, audio = _codec_at_fault(lines, line)
                     return Diagnosis(state, cause, line.strip(), codec, audio)

@@ -92,8 +92,8 @@ def build_command(camera: Camera, *, audio_mode: str | None = None, ffmpeg: str 
     else:
         argv += ["-map", "0:a:0?"]
     # H.265 as "hvc1" (parameter sets in the sample entry), the tag Safari and most HEVC-capable
-    # players require; FFmpeg's MP4 muxer keeps avc1 for H.264 and any codec's own tag when hvc1 does
-    # not apply, so the tag is safe whatever the camera sends
+    # players require. Through the segment muxer (only there: a plain -f mp4 refuses hvc1 for H.264),
+    # FFmpeg 5.1's MP4 muxer keeps avc1 for H.264, so the tag is safe whatever the camera sends
     argv += ["-c:v", "copy", "-tag:v", "hvc1"]
     if audio in ("auto", "copy"):
         argv += ["-c:a", "copy"]

@@ -355,7 +355,8 @@ class CameraSupervisor:
             self._remember_audio(codec)
             return "audio_transcode"
         if run.segments == 0 and not wrote:
-            run.diagnosis = diagnose.diagnose(lines)
+            run.diagnosis = diagnose.diagnose(lines, lasted=time.monotonic() - run.started,
+                                              timeout=self.camera.timeout_seconds)
             return run.diagnosis.state
         if rc is not None and rc < 0:
             return "killed"

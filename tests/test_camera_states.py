@@ -148,3 +148,22 @@ async def test_a_g711_camera_restarted_loses_no_first_seconds(testcam_factory, t
     assert lost_second < lost_first - 1.0, (lost_first, lost_second)
     assert lost_second < 6.0, lost_second
     os.unlink(tmp_path / STATE_DIR / "streams.json")
+
+
+async def test_a_camera_that_accepts_and_says_nothing_is_a_timeout(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        held.append(w)  # keep the connection open, answer nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with Sup(tmp_path, f"rtsp://127.0.0.1:{port}/stream", timeout_seconds=2) as s:
+            await wait_until(lambda: s.sup.state == "unreachable", 20, what="unreachable")
+            snap = s.sup.snapshot()
+            assert snap["cause"] == "timeout" and snap["hint"].startswith("the camera does not answer")
+    finally:
+        for w in held:
+            w.close()
+        server.close()

@@ -81,6 +81,13 @@ def test_the_server_answer_wins_over_the_connection_error_printed_after_it() -> 
     assert (d.state, d.cause) == ("not_found", "path_not_found")
 
 
+def test_a_silent_camera_is_a_timeout_not_a_wrong_port() -> None:
+    lines = [CONCAT, "/dev/fd/3: Invalid data found when processing input"]
+    assert diagnose(lines, lasted=0.2, timeout=10).cause == "not_a_camera"  # answered at once, not RTSP
+    assert (diagnose(lines, lasted=10.1, timeout=10).state, diagnose(lines, lasted=10.1, timeout=10).cause) == (
+        "unreachable", "timeout")  # accepted TCP, then said nothing until FFmpeg's socket timeout
+
+
 def test_a_refused_codec_says_which_and_whether_it_is_audio() -> None:
     vp8 = diagnose(["  Stream #0:0: Video: vp8, yuv420p, 320x240", "[mp4 @ 0x1] Tag hvc1 incompatible with "
                     "output codec id '139' ([0][0][0][0])"])
