@@ -49,6 +49,18 @@ def track_process(proc: subprocess.Popen[bytes]) -> None:
         _procs.add(proc)
 
 
+def captured_text(f: Any) -> str:
+    """All a child wrote so far to the temp file holding its output ("" if it is closed or gone)."""
+    if f is None:
+        return ""
+    try:
+        f.seek(0)
+        data: bytes = f.read()
+        return data.decode(errors="replace")
+    except (OSError, ValueError):
+        return ""
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -132,24 +144,10 @@ class TestCam:
         return argv
 
     def _stderr_text(self) -> str:
-        if self._stderr is None:
-            return ""
-        try:
-            self._stderr.seek(0)
-            data: bytes = self._stderr.read()
-            return data.decode(errors="replace").strip()
-        except (OSError, ValueError):
-            return ""
+        return captured_text(self._stderr).strip()
 
     def _stdout_text(self) -> str:
-        if self._stdout is None:
-            return ""
-        try:
-            self._stdout.seek(0)
-            data: bytes = self._stdout.read()
-            return data.decode(errors="replace")
-        except (OSError, ValueError):
-            return ""
+        return captured_text(self._stdout)
 
     def _spawn_and_wait(self, timeout: float) -> tuple[bool, str]:
         """Spawn; wait until it says it listens and the port accepts. ``(ok, error text)``."""

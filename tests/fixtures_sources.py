@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_cam import TestCam, free_port, track_process
+from fixtures_cam import TestCam, captured_text, free_port, track_process
 
 FFMPEG = os.environ.get("RECORDERD_TEST_FFMPEG", "ffmpeg")
 HLS_USER, HLS_PASSWORD = "viewer", "hls-secret"
@@ -88,12 +88,7 @@ class ServerProcess:
 
     @property
     def stderr(self) -> str:
-        try:
-            self._stderr.seek(0)
-            data: bytes = self._stderr.read()
-            return data.decode(errors="replace").strip()
-        except (OSError, ValueError):
-            return ""
+        return captured_text(self._stderr).strip()
 
     def describe(self) -> str:
         state = "running" if self.running else f"exited {self.proc.returncode}"

@@ -7,20 +7,16 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from fixtures_cam import free_port
-from util import DaemonProc, camera_doc, ffprobe, make_config, wait_until, write_config
+from util import DaemonProc, SupervisedCamera, camera_doc, ffprobe, wait_until, write_config
 
 from recorderd import metrics
-from recorderd.events import SegmentEvent
 from recorderd.layout import STATE_DIR
-from recorderd.probe import probe_duration
 from recorderd.streammemory import StreamMemory
-from recorderd.supervisor import CameraSupervisor
 
 pytestmark = pytest.mark.integration
 
@@ -79,33 +75,9 @@ async def test_each_trouble_names_itself_and_a_live_fix_records(testcam_factory,
     assert set(d.events("config_reloaded")[-1]["restarted"]) == set(want)  # a new URL: a new FFmpeg at once
 
 
-class Sup:
-    """One supervisor in the test's loop (what test_recording's Rig does, plus a stream memory)."""
-
-    def __init__(self, root: Path, url: str, memory: StreamMemory | None = None, **cam: Any) -> None:
-        self.events: list[SegmentEvent] = []
-        config = make_config(root, [camera_doc("cam-1", url, segment_seconds=2, **cam)])
-        self.sup = CameraSupervisor(config.cameras[0], root, self.events.append, probe=probe_duration,
-                                    memory=memory)
-        self.task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Sup:
-        self.started = time.time()
-        self.task = asyncio.create_task(self.sup.run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.sup.stop()
-        assert self.task is not None
-        await asyncio.wait_for(self.task, 15)
-
-    def segments(self) -> list[SegmentEvent]:
-        return [e for e in self.events if e.source == "ffmpeg"]
-
-
 async def test_h265_camera_records_hvc1_files(testcam_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
     cam = testcam_factory(codec="h265")
-    async with Sup(tmp_path, cam.url) as s:
+    async with SupervisedCamera(tmp_path, cam.url, segment_seconds=2) as s:
         await wait_until(lambda: len(s.segments()) >= 2, 40, what="two H.265 segments")
         assert s.sup.snapshot()["stream"]["video"] == "hevc"
     info = ffprobe(s.segments()[1].path)  # a whole 2 s segment (the last one is cut by the stop)
@@ -116,7 +88,7 @@ async def test_h265_camera_records_hvc1_files(testcam_factory, tmp_path) -> None
 
 async def test_unsupported_codec_is_named_and_not_retried_every_second(testcam_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
     cam = testcam_factory(codec="vp8")
-    async with Sup(tmp_path, cam.url) as s:
+    async with SupervisedCamera(tmp_path, cam.url, segment_seconds=2) as s:
         await wait_until(lambda: s.sup.state == "unsupported", 30, what="unsupported")
         await asyncio.sleep(4)
         snap = s.sup.snapshot()
@@ -129,14 +101,14 @@ async def test_a_g711_camera_restarted_loses_no_first_seconds(testcam_factory, t
     cam = testcam_factory(audio="alaw")
     (tmp_path / STATE_DIR).mkdir()  # the volume is mounted (the daemon's marker directory exists)
     # first start ever: FFmpeg is refused G.711 in MP4, the supervisor learns AAC (costs one run)
-    async with Sup(tmp_path, cam.url, memory=StreamMemory(tmp_path)) as first:
+    async with SupervisedCamera(tmp_path, cam.url, memory=StreamMemory(tmp_path), segment_seconds=2) as first:
         await wait_until(lambda: first.segments(), 40, what="first segment")
         assert first.sup.restarts == 1 and first.sup.last_exit["reason"] == "audio_transcode"  # type: ignore[index]
         lost_first = first.segments()[0].start - first.started
     saved = (tmp_path / STATE_DIR / "streams.json").read_text()
     assert '"audio_mode": "aac"' in saved and "pcm_alaw" in saved
     # the next start (a new daemon: a new memory object reading the file) transcodes from the first run
-    async with Sup(tmp_path, cam.url, memory=StreamMemory(tmp_path)) as second:
+    async with SupervisedCamera(tmp_path, cam.url, memory=StreamMemory(tmp_path), segment_seconds=2) as second:
         await wait_until(lambda: second.segments(), 40, what="first segment after the restart")
         assert second.sup.restarts == 0
         assert second.sup.snapshot()["stream"] == {"video": "h264", "audio": "pcm_alaw", "audio_mode": "aac"}
@@ -159,7 +131,8 @@ async def test_a_camera_that_accepts_and_says_nothing_is_a_timeout(tmp_path) -> 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        async with Sup(tmp_path, f"rtsp://127.0.0.1:{port}/stream", timeout_seconds=2) as s:
+        async with SupervisedCamera(tmp_path, f"rtsp://127.0.0.1:{port}/stream", timeout_seconds=2,
+                                    segment_seconds=2) as s:
             await wait_until(lambda: s.sup.state == "unreachable", 20, what="unreachable")
             snap = s.sup.snapshot()
             assert snap["cause"] == "timeout" and snap["hint"].startswith("the camera does not answer")

@@ -8,7 +8,6 @@ failure FFmpeg meets at such a source names its state, cause and hint.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import time
@@ -18,11 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from fixtures_cam import TestCam, free_port
-from util import camera_doc, make_config, wait_until
-
-from recorderd.events import SegmentEvent
-from recorderd.probe import probe_duration
-from recorderd.supervisor import CameraSupervisor
+from util import SupervisedCamera, wait_until
 
 if TYPE_CHECKING:  # at run time pytest imports it as a plugin (conftest.py), asserts rewritten
     from fixtures_sources import HlsSource, RtmpServer
@@ -30,35 +25,12 @@ if TYPE_CHECKING:  # at run time pytest imports it as a plugin (conftest.py), as
 pytestmark = pytest.mark.integration
 
 
-class Recorder:
-    """One supervisor in the test's loop and every segment event it emitted."""
-
-    def __init__(self, root: Path, url: str, **cam: Any) -> None:
-        self.root = root
-        self.events: list[SegmentEvent] = []
-        config = make_config(root, [camera_doc("cam-1", url, **cam)])
-        self.sup = CameraSupervisor(config.cameras[0], root, self.events.append, probe=probe_duration)
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self) -> Recorder:
-        self.task = asyncio.create_task(self.sup.run())
-        return self
-
-    async def stop(self) -> None:
-        await self.sup.stop()
-        assert self.task is not None
-        await asyncio.wait_for(self.task, 15)
-
-    def segments(self) -> list[SegmentEvent]:
-        return [e for e in self.events if e.source == "ffmpeg"]
-
-
 @pytest.fixture
-async def recorder(tmp_path: Path) -> AsyncIterator[Callable[..., Recorder]]:
-    made: list[Recorder] = []
+async def recorder(tmp_path: Path) -> AsyncIterator[Callable[..., SupervisedCamera]]:
+    made: list[SupervisedCamera] = []
 
-    def make(url: str, **cam: Any) -> Recorder:
-        rec = Recorder(tmp_path / f"rec{len(made)}", url, **cam)
+    def make(url: str, **cam: Any) -> SupervisedCamera:
+        rec = SupervisedCamera(tmp_path / f"rec{len(made)}", url, **cam)
         made.append(rec)
         return rec.start()
 
@@ -76,7 +48,7 @@ def probe_file(path: str) -> dict[str, Any]:
     return data
 
 
-async def assert_records(rec: Recorder, describe: Callable[[], str] = str) -> None:
+async def assert_records(rec: SupervisedCamera, describe: Callable[[], str] = str) -> None:
     """Recording, then at least two full 2 s segments after the first; every file H.264 in MP4."""
     try:
         await wait_until(lambda: rec.sup.state == "recording", 30, what="state recording")
@@ -106,7 +78,7 @@ async def assert_records(rec: Recorder, describe: Callable[[], str] = str) -> No
     assert abs(evs[-1].end - time.time()) < 8  # anchored to the wall clock, however bursty the source
 
 
-async def assert_trouble(rec: Recorder, state: str, cause: str, *, hint_has: str = "") -> dict[str, Any]:
+async def assert_trouble(rec: SupervisedCamera, state: str, cause: str, *, hint_has: str = "") -> dict[str, Any]:
     await wait_until(lambda: rec.sup.state == state, 20,
                      what=f"state {state} (now {rec.sup.state}, {rec.sup.snapshot().get('last_exit')})")
     snap = rec.sup.snapshot()
@@ -119,22 +91,22 @@ async def assert_trouble(rec: Recorder, state: str, cause: str, *, hint_has: str
 # ---------------------------------------------------------------------- recording
 
 
-async def test_hls_over_http_records(hls_source: HlsSource, recorder: Callable[..., Recorder]) -> None:
+async def test_hls_over_http_records(hls_source: HlsSource, recorder: Callable[..., SupervisedCamera]) -> None:
     hls_source.check()
     await assert_records(recorder(hls_source.url("ts")), hls_source.writer.describe)
 
 
-async def test_hls_over_https_records(hls_source: HlsSource, recorder: Callable[..., Recorder]) -> None:
+async def test_hls_over_https_records(hls_source: HlsSource, recorder: Callable[..., SupervisedCamera]) -> None:
     # fMP4 segments this time; a self-signed certificate, which FFmpeg does not verify by default
     hls_source.check()
     await assert_records(recorder(hls_source.url("fmp4", tls=True)), hls_source.writer.describe)
 
 
-async def test_rtmp_records(rtmp_source: RtmpServer, recorder: Callable[..., Recorder]) -> None:
+async def test_rtmp_records(rtmp_source: RtmpServer, recorder: Callable[..., SupervisedCamera]) -> None:
     await assert_records(recorder(rtmp_source.url), rtmp_source.describe)
 
 
-async def test_rtsps_records(rtsps_cam: TestCam, recorder: Callable[..., Recorder]) -> None:
+async def test_rtsps_records(rtsps_cam: TestCam, recorder: Callable[..., SupervisedCamera]) -> None:
     assert rtsps_cam.url.startswith("rtsps://")
     await assert_records(recorder(rtsps_cam.url), lambda: rtsps_cam.stderr[-1500:])
 
@@ -143,7 +115,7 @@ async def test_rtsps_records(rtsps_cam: TestCam, recorder: Callable[..., Recorde
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
-async def test_hls_missing_playlist_is_not_found(hls_source: HlsSource, recorder: Callable[..., Recorder],
+async def test_hls_missing_playlist_is_not_found(hls_source: HlsSource, recorder: Callable[..., SupervisedCamera],
                                                  tls: bool) -> None:
     # FFmpeg: "[http @ …] HTTP error 404 File not found", "/dev/fd/N: Server returned 404 Not Found"
     rec = recorder(hls_source.url("ts", tls=tls, path="nothere.m3u8"))
@@ -151,14 +123,14 @@ async def test_hls_missing_playlist_is_not_found(hls_source: HlsSource, recorder
 
 
 async def test_hls_without_password_is_unauthorized(hls_source: HlsSource,
-                                                    recorder: Callable[..., Recorder]) -> None:
+                                                    recorder: Callable[..., SupervisedCamera]) -> None:
     url = hls_source.url("ts", auth=True).replace("viewer:hls-secret@", "viewer:wrong@")
     snap = await assert_trouble(recorder(url), "unauthorized", "auth_failed")
     assert "wrong" not in json.dumps(snap, default=str)  # the password never reaches the status
 
 
 async def test_hls_https_url_at_the_http_port_is_not_a_camera(hls_source: HlsSource,
-                                                              recorder: Callable[..., Recorder]) -> None:
+                                                              recorder: Callable[..., SupervisedCamera]) -> None:
     # FFmpeg (GnuTLS) gets an HTTP 400 page for its ClientHello: "[tls @ …] An unexpected TLS packet
     # was received.", "/dev/fd/N: Input/output error" → the address answered, not as the scheme says
     port = hls_source.http.server_address[1]
@@ -167,7 +139,7 @@ async def test_hls_https_url_at_the_http_port_is_not_a_camera(hls_source: HlsSou
 
 
 async def test_hls_playlist_cannot_make_ffmpeg_read_local_files(hls_source: HlsSource, tmp_path: Path,
-                                                                recorder: Callable[..., Recorder]) -> None:
+                                                                recorder: Callable[..., SupervisedCamera]) -> None:
     # a segment of "another camera" on our disk, named by a playlist from the network
     segment = next((hls_source.root / "ts").glob("*.ts"))
     target = tmp_path / "other-camera.ts"
@@ -179,20 +151,20 @@ async def test_hls_playlist_cannot_make_ffmpeg_read_local_files(hls_source: HlsS
     assert not list(rec.root.glob("cam-1/*/*.mp4"))
 
 
-async def test_rtmp_closed_port_is_unreachable(recorder: Callable[..., Recorder]) -> None:
+async def test_rtmp_closed_port_is_unreachable(recorder: Callable[..., SupervisedCamera]) -> None:
     # FFmpeg: "[tcp @ …] Connection to tcp://127.0.0.1:P?tcp_nodelay=0 failed: Connection refused",
     # "[rtmp @ …] Cannot open connection tcp://127.0.0.1:P?tcp_nodelay=0", "/dev/fd/N: Connection refused"
     rec = recorder(f"rtmp://127.0.0.1:{free_port()}/live/cam")
     await assert_trouble(rec, "unreachable", "refused")
 
 
-async def test_rtsps_closed_port_is_unreachable(recorder: Callable[..., Recorder]) -> None:
+async def test_rtsps_closed_port_is_unreachable(recorder: Callable[..., SupervisedCamera]) -> None:
     # FFmpeg: "[tcp @ …] Connection to tcp://127.0.0.1:P?timeout=5000000 failed: Connection refused"
     rec = recorder(f"rtsps://127.0.0.1:{free_port()}/stream")
     await assert_trouble(rec, "unreachable", "refused")
 
 
-async def test_rtsps_wrong_path_is_not_found(rtsps_cam: TestCam, recorder: Callable[..., Recorder]) -> None:
+async def test_rtsps_wrong_path_is_not_found(rtsps_cam: TestCam, recorder: Callable[..., SupervisedCamera]) -> None:
     # FFmpeg: "[rtsp @ …] method DESCRIBE failed: 404 Not Found" (over TLS)
     rec = recorder(f"rtsps://127.0.0.1:{rtsps_cam.port}/nothere")
     await assert_trouble(rec, "not_found", "path_not_found")
@@ -200,7 +172,7 @@ async def test_rtsps_wrong_path_is_not_found(rtsps_cam: TestCam, recorder: Calla
 
 @pytest.mark.parametrize("scheme", ["rtsp", "rtsps"])
 async def test_rtsp_and_rtsps_mixed_up_is_not_a_camera(rtsps_cam: TestCam, source_cam: TestCam,
-                                                       recorder: Callable[..., Recorder], scheme: str) -> None:
+                                                       recorder: Callable[..., SupervisedCamera], scheme: str) -> None:
     # rtsp:// at the TLS port: "/dev/fd/N: Invalid data found when processing input";
     # rtsps:// at a plain RTSP port: "[tls @ …] An unexpected TLS packet was received."
     port = rtsps_cam.port if scheme == "rtsp" else source_cam.port

@@ -14,6 +14,10 @@ from typing import Any
 import yaml
 
 from recorderd.config import Config, parse_config
+from recorderd.events import SegmentEvent
+from recorderd.probe import probe_duration
+from recorderd.streammemory import StreamMemory
+from recorderd.supervisor import CameraSupervisor
 
 
 async def wait_until(pred: Callable[[], Any], timeout: float, step: float = 0.1, what: str = "") -> Any:
@@ -186,3 +190,36 @@ def top_boxes(data: bytes) -> list[tuple[bytes, int, int]]:
         out.append((kind, pos, size))
         pos += size
     return out
+
+
+class SupervisedCamera:
+    """One ``CameraSupervisor`` ("cam-1") in the test's loop and every segment event it emitted;
+    ``start()``/``stop()``, or ``async with``."""
+
+    def __init__(self, root: Path, url: str, *, memory: StreamMemory | None = None, **cam: Any) -> None:
+        self.root = root
+        self.events: list[SegmentEvent] = []
+        config = make_config(root, [camera_doc("cam-1", url, **cam)])
+        self.sup = CameraSupervisor(config.cameras[0], root, self.events.append, probe=probe_duration,
+                                    memory=memory)
+        self.task: asyncio.Task[None] | None = None
+        self.started = 0.0  # wall time of start()
+
+    def start(self) -> SupervisedCamera:
+        self.started = time.time()
+        self.task = asyncio.create_task(self.sup.run())
+        return self
+
+    async def stop(self) -> None:
+        await self.sup.stop()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 15)
+
+    async def __aenter__(self) -> SupervisedCamera:
+        return self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def segments(self) -> list[SegmentEvent]:
+        return [e for e in self.events if e.source == "ffmpeg"]
