@@ -35,8 +35,8 @@ async def drain(stream: asyncio.StreamReader | None, handle: Callable[[str], Non
             continue
         try:
             handle(line)
-        except Exception as exc:  # keep draining
-            log.exception(event, error=repr(exc), line=line[:200])
+        except Exception as exc:  # keep draining; never the line itself: it may hold the camera URL
+            log.exception(event, error=repr(exc))
 
 
 def forward(camera_id: str, line: str, log: Any, secrets: list[str]) -> None:
