@@ -39,6 +39,7 @@ from typing import Any, TextIO
 import asyncpg
 
 from recorderd import layout, queries
+from recorderd.archive import store_for
 from recorderd.config import CAMERA_ID_RE, Config
 from recorderd.db import Database, DatabaseUnavailable
 from recorderd.export import (
@@ -213,7 +214,7 @@ async def create_clip(db: Database | asyncpg.Connection, config: Config, camera_
     clip_id: int = row["id"]
     try:
         result = await cut(files, s, e, Path(row["path"]), root=root, ffmpeg_bin=ffmpeg_bin, timeout=timeout,
-                           max_seconds=MAX_CLIP_SECONDS)
+                           max_seconds=MAX_CLIP_SECONDS, store=store_for(config))
         async with connection(db, "clips") as conn:
             rec = await conn.fetchrow(queries.CLIP_FINISH, clip_id, _dt(result.start), _dt(result.end),
                                       result.size_bytes)

@@ -54,6 +54,8 @@ class Plan:
     name: str
     retention_days: int
     max_clips: int | None  # None: unlimited
+    archive_after_hours: float | None = None  # None: footage stays on the local disk
+    compress_after_days: float | None = None  # None: footage keeps its recorded encoding
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,35 @@ class HttpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ArchiveConfig:
+    """``archive:``: where aged footage goes. Credentials are not here (environment or
+    ``credentials_file``, read by ``recorderd.objectstore``), so a Config never holds them."""
+
+    url: str  # s3://bucket/prefix
+    bucket: str
+    prefix: str  # no leading or trailing "/"; may be empty
+    endpoint: str | None  # None: AWS
+    region: str
+    credentials_file: Path | None
+    upload_limit_mbps: float | None  # megabits per second, averaged per file; None: no limit
+    concurrency: int  # uploads at once
+    clips: bool  # archive saved clips' footage too (protected segments); they are never deleted
+    interval_seconds: float = 30.0  # how often to look for due footage when none was waiting
+
+
+@dataclass(frozen=True, slots=True)
+class CompressionConfig:
+    """``compression:``: how plans with ``compress_after_days`` re-encode (recorderd.compress)."""
+
+    codec: str
+    crf: int
+    preset: str
+    concurrency: int
+    cpu_budget: float  # average cores the tier may use
+    interval_seconds: float = 60.0  # how often to look for due footage when none was waiting
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     storage: StorageConfig
     plans: Mapping[str, Plan]
@@ -144,6 +175,8 @@ class Config:
     http: HttpConfig
     shutdown_seconds: float
     source: str = ""
+    archive: ArchiveConfig | None = None
+    compression: CompressionConfig = CompressionConfig("libx265", 28, "medium", 1, 0.5)
     warnings: tuple[str, ...] = ()  # valid but worth telling the operator (deprecated keys, weak tokens)
 
     def camera(self, camera_id: str) -> Camera | None:
@@ -273,7 +306,14 @@ def _check_url(url: str, path: str, errs: _Errors) -> None:
 
 
 _TOP = {"storage", "defaults", "plans", "cameras", "database", "retention", "metrics", "http",
-        "shutdown_seconds"}
+        "shutdown_seconds", "archive", "compression"}
+_ARCHIVE = {"url", "endpoint", "region", "credentials_file", "upload_limit_mbps", "concurrency", "clips",
+            "interval_seconds"}
+_COMPRESSION = {"codec", "crf", "preset", "concurrency", "cpu_budget", "interval_seconds"}
+COMPRESSION_CODECS = ("libx265", "libx264")
+# the presets x264 and x265 share (placebo left out: it buys nothing for surveillance footage)
+COMPRESSION_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                       "veryslow")
 _STORAGE = {"root", "min_free_percent", "min_free_bytes", "free_margin_percent", "status_file"}
 _CAMERA_SETTINGS = {"segment_seconds", "plan", "audio", "stall_seconds", "timeout_seconds",
                     "rtsp_transport", "enabled"}
@@ -283,7 +323,7 @@ _RETENTION = {"interval_seconds", "disk_check_seconds", "batch_size", "enabled"}
 _METRICS = {"listen"}
 _HTTP = {"listen", "max_exports", "tokens"}
 _TOKEN = {"name", "sha256", "token_file", "tenants", "clips"}
-_PLAN = {"retention_days", "max_clips"}
+_PLAN = {"retention_days", "max_clips", "archive_after_hours", "compress_after_days"}
 
 _DEFAULTS: dict[str, Any] = {
     "segment_seconds": 3600,
@@ -540,8 +580,11 @@ def parse_config(data: Any, source: str = "") -> Config:
                 if "max_clips" in b:
                     max_clips = None if b["max_clips"] is None else _number(
                         b["max_clips"], f"{p}.max_clips", errs, integer=True, minimum=0, maximum=1_000_000)
+                tiers = [None if b.get(k) is None else _number(b[k], f"{p}.{k}", errs, integer=False,
+                                                               positive=True, maximum=36500 * 24)
+                         for k in ("archive_after_hours", "compress_after_days")]
                 if len(errs.items) == before:
-                    plans[name] = Plan(name, days, max_clips)
+                    plans[name] = Plan(name, days, max_clips, *(None if t is None else float(t) for t in tiers))
 
     # storage
     st = _mapping(top.get("storage"), "storage", errs, _STORAGE)
@@ -672,6 +715,9 @@ def parse_config(data: Any, source: str = "") -> Config:
     warnings: list[str] = []
     http = _parse_http(top, errs, warnings, cameras)
 
+    archive = _parse_archive(top.get("archive"), errs)
+    compression = _parse_compression(top.get("compression"), errs)
+
     shutdown = _number(top.get("shutdown_seconds", 8), "shutdown_seconds", errs, integer=False, positive=True,
                        maximum=SHUTDOWN_MAX_SECONDS)
 
@@ -692,7 +738,69 @@ def parse_config(data: Any, source: str = "") -> Config:
         shutdown_seconds=float(shutdown),
         source=source,
         warnings=tuple(warnings),
+        archive=archive,
+        compression=compression,
     )
+
+
+def _parse_archive(value: Any, errs: _Errors) -> ArchiveConfig | None:
+    if value is None:
+        return None
+    a = _mapping(value, "archive", errs, _ARCHIVE)
+    before = len(errs.items)
+    url = _string(a["url"], "archive.url", errs) if "url" in a else None
+    if "url" not in a:
+        errs.add("archive.url", "is required")
+    bucket = prefix = ""
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+            errs.add("archive.url", f"must look like s3://bucket/prefix, got {mask_url(url)!r}")
+        else:
+            bucket, prefix = parts.netloc, parts.path.strip("/")
+    endpoint = None
+    if a.get("endpoint") is not None:
+        endpoint = _string(a["endpoint"], "archive.endpoint", errs)
+        if endpoint is not None and (urlsplit(endpoint).scheme not in ("http", "https")
+                                     or not urlsplit(endpoint).hostname or "@" in endpoint):
+            errs.add("archive.endpoint", f"must be an http(s)://host[:port] URL without credentials, "
+                                         f"got {mask_url(endpoint)!r}")
+    region = _string(a.get("region", "us-east-1"), "archive.region", errs)
+    cred = a.get("credentials_file")
+    cred_path = _string(cred, "archive.credentials_file", errs) if cred is not None else None
+    limit = a.get("upload_limit_mbps")
+    limit = None if limit is None else _number(limit, "archive.upload_limit_mbps", errs, integer=False,
+                                               positive=True)
+    conc = _number(a.get("concurrency", 2), "archive.concurrency", errs, integer=True, positive=True, maximum=64)
+    clips = _bool(a.get("clips", False), "archive.clips", errs)
+    interval = _number(a.get("interval_seconds", 30), "archive.interval_seconds", errs, integer=False,
+                       positive=True, maximum=86400)
+    if len(errs.items) != before or url is None or region is None:
+        return None
+    return ArchiveConfig(url=url, bucket=bucket, prefix=prefix, endpoint=endpoint and endpoint.rstrip("/"),
+                         region=region, credentials_file=Path(cred_path) if cred_path else None,
+                         upload_limit_mbps=None if limit is None else float(limit), concurrency=int(conc),
+                         clips=bool(clips), interval_seconds=float(interval))
+
+
+def _parse_compression(value: Any, errs: _Errors) -> CompressionConfig:
+    c = _mapping(value, "compression", errs, _COMPRESSION) if value is not None else {}
+    codec = _string(c.get("codec", "libx265"), "compression.codec", errs)
+    if codec is not None and codec not in COMPRESSION_CODECS:
+        errs.add("compression.codec", f"must be one of {', '.join(COMPRESSION_CODECS)}, got {codec!r}")
+    crf = _number(c.get("crf", 28), "compression.crf", errs, integer=True, minimum=0, maximum=51)
+    preset = _string(c.get("preset", "medium"), "compression.preset", errs)
+    if preset is not None and preset not in COMPRESSION_PRESETS:
+        errs.add("compression.preset", f"must be one of {', '.join(COMPRESSION_PRESETS)}, got {preset!r}")
+    conc = _number(c.get("concurrency", 1), "compression.concurrency", errs, integer=True, positive=True,
+                   maximum=64)
+    budget = _number(c.get("cpu_budget", 0.5), "compression.cpu_budget", errs, integer=False, positive=True,
+                     maximum=1024)
+    interval = _number(c.get("interval_seconds", 60), "compression.interval_seconds", errs, integer=False,
+                       positive=True, maximum=86400)
+    if None in (codec, crf, preset, conc, budget, interval):
+        return CompressionConfig("libx265", 28, "medium", 1, 0.5)
+    return CompressionConfig(str(codec), int(crf), str(preset), int(conc), float(budget), float(interval))
 
 
 def parse_text(text: str, source: str = "<string>") -> Config:

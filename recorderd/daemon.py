@@ -22,7 +22,10 @@ import asyncpg
 from recorderd import __version__, looplag, metrics, systemd
 from recorderd.api.app import HttpServer
 from recorderd.api.session import SessionKeeper, load_key
+from recorderd.archive import Archiver, build_store
 from recorderd.clock import RunLedger, WallClock
+from recorderd.compress import remove_stale_temps
+from recorderd.compressjobs import CompressionJobs
 from recorderd.config import Camera, Config, ConfigError, diff_cameras, read_config_text
 from recorderd.configwatch import ConfigWatcher
 from recorderd.db import Database
@@ -80,16 +83,23 @@ class Daemon:
         self.ledger = RunLedger(self.indexer.submit, self.indexer.restamp)
         self.clock.listeners.append(self.ledger.on_step)
         self.clock.restamp_pending = lambda: self.indexer.restamp_pending
+        self.archive_store = build_store(config)
         self.sweeper = Sweeper(config, self.db, self.current_files, clock_gate=self.clock.reason,
                                storage_gate=self.volume.reason, volume_marker=MARKER_REL,
-                               index_never_reached=self.volume.index_never_reached)
+                               index_never_reached=self.volume.index_never_reached,
+                               objects=lambda: self.archive_store)
+        self.archiver = Archiver(config, self.db, self.archive_store, marker=lambda: MARKER_REL,
+                                 storage_ok=lambda: self.volume.state == "ok", busy=self.current_files)
+        self.compression = CompressionJobs(lambda: self.config, self.db, ffmpeg_bin=ffmpeg_bin)
         self.http: HttpServer | None = None
         self._once: asyncio.Task[None] | None = None  # one-off start-up work (not a core task)
 
     # ------------------------------------------------------------------ cameras
 
     def current_files(self) -> set[str]:
-        return {s.current_file for s in self.supervisors.values() if s.current_file}
+        """Files nothing may delete or move now: being written, or being re-encoded."""
+        return {s.current_file for s in self.supervisors.values() if s.current_file} | set(
+            self.compression.compressor.busy_paths())
 
     def open_file(self, camera_id: str) -> OpenFile | None:
         sup = self.supervisors.get(camera_id)
@@ -162,6 +172,10 @@ class Daemon:
                 sup.update(cam)
         self.indexer.update_config(new)
         self.sweeper.update_config(new)
+        if new.archive != old.archive:
+            self.archive_store = build_store(new)
+        self.archiver.update_config(new, self.archive_store)
+        self.compression.update_config(new)
         metrics.CONFIG_RELOADS.labels("success").inc()
         metrics.CONFIG_LAST_RELOAD_OK.set(1)
         fallback_ended = self.fallback is not None
@@ -295,6 +309,11 @@ class Daemon:
         with contextlib.suppress(Exception):  # logged by recover; retried by the next create
             await clips.recover(self.db, self.config.storage.root)
 
+    async def _compress(self) -> None:
+        """The compression tier, after removing the temp files a crash left beside segments."""
+        await asyncio.to_thread(remove_stale_temps, self.config.storage.root)
+        await self.compression.compressor.run()
+
     def _core(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         self.core_tasks.append(asyncio.create_task(coro, name=name))
 
@@ -320,6 +339,8 @@ class Daemon:
         for cam in cfg.cameras:  # a disabled camera gets an idle supervisor: status shows it
             self._start_camera(cam)
         self._core(self.sweeper.run(), "sweeper")
+        self._core(self.archiver.run(), "archiver")
+        self._core(self._compress(), "compress")
         self._core(self._status_loop(), "status")
         self._core(self._reload_loop(), "reload")
         self._core(ConfigWatcher(self.config_path, self.reload_event.set).run(), "config-watch")

@@ -105,6 +105,8 @@ class SegmentRow:
     end: float
     size: int
     protected: bool = False
+    object_url: str | None = None  # an object to delete with the row (archived, or an upload begun)
+    archived: bool = False  # the bytes are in the object store: no local file to free
 
 
 def is_deletable(row: SegmentRow, current: Container[str], protected: Container[str] = ()) -> bool:

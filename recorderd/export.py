@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import math
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import AsyncIterator, Sequence
@@ -32,6 +33,7 @@ import asyncpg
 
 from recorderd import layout, probe
 from recorderd.db import Database
+from recorderd.objectstore import ArchiveError, ObjectStore
 from recorderd.process import pdeathsig_argv
 
 if TYPE_CHECKING:
@@ -231,8 +233,13 @@ def cut_command(ffmpeg_bin: str, output: str) -> list[str]:
 
 async def cut(files: Sequence[SegmentSpan], start: datetime | float, end: datetime | float, dest: Path, *,
               root: Path, ffmpeg_bin: str = "ffmpeg", ffprobe_bin: str | None = None,
-              timeout: float = CUT_TIMEOUT, max_seconds: float = MAX_PERIOD_SECONDS) -> CutResult:
+              timeout: float = CUT_TIMEOUT, max_seconds: float = MAX_PERIOD_SECONDS,
+              store: ObjectStore | None = None) -> CutResult:
     """Cut [start, end) out of ``files`` (index rows of one camera) into ``dest``.
+
+    Archived files (an ``s3://`` path) are fetched from ``store`` into a hidden directory beside
+    ``dest`` first, and removed with it: FFmpeg reads local files only, and only the box talks to the
+    object store.
 
     Raises ``BadPeriod``, ``NoFootage`` (nothing usable overlaps the period) or ``CutFailed``; on any
     error or cancellation FFmpeg is killed and nothing is left at ``dest`` or beside it.
@@ -243,7 +250,7 @@ async def cut(files: Sequence[SegmentSpan], start: datetime | float, end: dateti
 
     def check_all() -> None:
         for f in files:
-            if f.path in usable:
+            if f.path in usable or f.path.startswith("s3://"):
                 continue
             if f.end <= s or f.start >= e:
                 continue
@@ -253,6 +260,45 @@ async def cut(files: Sequence[SegmentSpan], start: datetime | float, end: dateti
                 skipped.append((f.path, str(exc)))
 
     await asyncio.to_thread(check_all)
+    stage = await _stage([f for f in files if f.path.startswith("s3://") and f.end > s and f.start < e],
+                         store, dest.parent, usable, skipped)
+    try:
+        return await _cut_usable(files, usable, skipped, s, e, dest, ffmpeg_bin, ffprobe_bin, timeout)
+    finally:
+        if stage is not None:
+            await asyncio.to_thread(shutil.rmtree, stage, True)
+
+
+async def _stage(archived: Sequence[SegmentSpan], store: ObjectStore | None, parent: Path,
+                 usable: dict[str, str], skipped: list[tuple[str, str]]) -> str | None:
+    """Download archived spans into a new hidden directory under ``parent``; returns it (or None)."""
+    if not archived:
+        return None
+    if store is None:
+        skipped.extend((f.path, "archived, and no archive is configured") for f in archived)
+        return None
+    try:
+        stage = await asyncio.to_thread(tempfile.mkdtemp, prefix=".stage-", dir=parent)
+    except OSError as exc:
+        raise CutFailed(f"cannot write in {parent}: {exc.strerror or exc}") from None
+    for n, f in enumerate(archived):
+        key = store.key_of(f.path)
+        if key is None:
+            skipped.append((f.path, "archived under another archive.url"))
+            continue
+        local = os.path.join(stage, f"{n:06d}.mp4")
+        try:
+            await store.download(key, local)
+        except ArchiveError as exc:
+            skipped.append((f.path, f"archive: {exc}"))
+            continue
+        usable[f.path] = local
+    return stage
+
+
+async def _cut_usable(files: Sequence[SegmentSpan], usable: dict[str, str], skipped: list[tuple[str, str]],
+                      s: float, e: float, dest: Path, ffmpeg_bin: str, ffprobe_bin: str | None,
+                      timeout: float) -> CutResult:
     pieces, gaps = plan_pieces(files, usable, s, e)
     if not pieces:
         why = f" ({len(skipped)} file(s) refused: {skipped[0][1]})" if skipped else ""
@@ -392,7 +438,7 @@ async def connection(db: Database | asyncpg.Connection, op: str = "export") -> A
 
 async def export_period(db: Database | asyncpg.Connection, camera_id: str, start: datetime | float,
                         end: datetime | float, dest: Path, *, root: Path, ffmpeg_bin: str = "ffmpeg",
-                        timeout: float = CUT_TIMEOUT) -> CutResult:
+                        timeout: float = CUT_TIMEOUT, store: ObjectStore | None = None) -> CutResult:
     """``segments_for`` + ``cut``: the whole export of one camera's period (the database is only used
     for the index query, before FFmpeg starts). ``NoFootage`` when the index has nothing."""
     s, e = check_period(start, end)
@@ -400,7 +446,7 @@ async def export_period(db: Database | asyncpg.Connection, camera_id: str, start
         files = await segments_for(conn, camera_id, s, e)
     if not files:
         raise NoFootage(f"no footage of {camera_id} between {layout.iso(s)} and {layout.iso(e)}")
-    return await cut(files, s, e, dest, root=root, ffmpeg_bin=ffmpeg_bin, timeout=timeout)
+    return await cut(files, s, e, dest, root=root, ffmpeg_bin=ffmpeg_bin, timeout=timeout, store=store)
 
 
 # --------------------------------------------------------------------------- command line
@@ -506,7 +552,10 @@ async def cmd_export(config: Config, camera_id: str, from_s: str, to_s: str, out
     try:
         if not files:
             raise NoFootage(f"no footage of {camera_id} between {layout.iso(s)} and {layout.iso(e)}")
-        result = await cut(files, s, e, dest, root=config.storage.root, ffmpeg_bin=ffmpeg_bin)
+        from recorderd.archive import store_for
+
+        result = await cut(files, s, e, dest, root=config.storage.root, ffmpeg_bin=ffmpeg_bin,
+                           store=store_for(config))
     except ExportError as exc:
         return cli_fail(err, str(exc))
     out.write(f"{output}: " + "\n".join(describe(result)) + "\n")

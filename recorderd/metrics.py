@@ -170,3 +170,35 @@ def _remove(metric: MetricWrapperBase, *labels: str) -> None:
         metric.remove(*labels)
     except KeyError:
         pass
+
+
+# --------------------------------------------------------------------------- archive (recorderd/archive.py)
+ARCHIVE_BACKLOG_SEGMENTS = Gauge("recorderd_archive_backlog_segments",
+                                 "Finished local segments past their plan's archive_after_hours, not uploaded yet")
+ARCHIVE_BACKLOG_BYTES = Gauge("recorderd_archive_backlog_bytes", "Bytes of the archive backlog")
+ARCHIVE_OLDEST_SECONDS = Gauge("recorderd_archive_backlog_oldest_seconds",
+                               "Age (since its end) of the oldest segment waiting for upload; 0 with no backlog")
+ARCHIVE_UPLOADED = Counter("recorderd_archive_uploaded_segments_total", "Segments uploaded, verified and switched")
+ARCHIVE_UPLOADED_BYTES = Counter("recorderd_archive_uploaded_bytes_total", "Bytes of the segments archived")
+ARCHIVE_FAILURES = Counter("recorderd_archive_failures_total", "Failed archive steps by step",
+                           ["step"])  # upload | verify | switch | delete | read
+ARCHIVE_DELETED = Counter("recorderd_archive_deleted_objects_total", "Archived objects deleted by retention")
+ARCHIVE_UP = Gauge("recorderd_archive_up", "1 while the object store answers, 0 after a failed request")
+ARCHIVE_UNARCHIVED_DELETED = Counter(
+    "recorderd_archive_unarchived_deleted_total",
+    "Segments the free-space floor deleted before they were archived")
+
+
+# ---- compression (recorderd/compress.py)
+COMPRESS_BACKLOG = Gauge("recorderd_compress_backlog_segments",
+                         "Segments past their plan's compress_after_days, not compressed yet")
+COMPRESS_OLDEST_SECONDS = Gauge("recorderd_compress_backlog_oldest_seconds",
+                                "How long the oldest due segment has waited since it became due; 0 with no backlog")
+COMPRESS_BEHIND = Gauge("recorderd_compress_behind",
+                        "1 while the oldest due segment has waited longer than compression.behind_seconds")
+COMPRESS_CPU_SECONDS = Counter("recorderd_compress_cpu_seconds_total",
+                               "CPU seconds the compression FFmpegs used (their own -benchmark figures)")
+COMPRESS_SAVED_BYTES = Counter("recorderd_compress_saved_bytes_total",
+                               "Bytes freed by replacing segments with their smaller re-encodes")
+COMPRESS_JOBS = Counter("recorderd_compress_jobs_total", "Compression jobs finished, by outcome",
+                        ["outcome"])  # compressed | already | not_smaller | failed

@@ -50,12 +50,15 @@ WITH RECURSIVE c(id) AS (
 SELECT id FROM c WHERE id IS NOT NULL
 """
 
-CAMERA_PATHS = "SELECT path, deleting, protected FROM segments WHERE camera_id = $1"
+# the second column is "not this file's business": retention is deleting it, or its bytes are archived
+# (a local file of an archived row is one the archiver has yet to remove, not an orphan)
+CAMERA_PATHS = ("SELECT path, deleting OR object_url IS NOT NULL, protected FROM segments"
+                " WHERE camera_id = $1")
 
 # Rows of files reconcile cannot find. Never a protected one (a clip): its file may be on a disk that
 # is away for now, and a deleted row would come back unprotected with the file.
 DELETE_MISSING = """
-DELETE FROM segments WHERE path = ANY($1::text[]) AND NOT deleting AND NOT protected
+DELETE FROM segments WHERE path = ANY($1::text[]) AND NOT deleting AND NOT protected AND object_url IS NULL
 """
 
 # After a wall-clock step: shift segments stamped before it, run by run up to a seq. $4 marks the rows
@@ -74,7 +77,7 @@ WHERE s.run_id = r.run_id AND s.seq <= r.max_seq AND s.indexed_at IS DISTINCT FR
 EXISTING_PATHS = "SELECT path FROM segments WHERE path = ANY($1::text[])"
 
 _SEGMENT_COLUMNS = """id, camera_id, start_time, end_time, duration_seconds, size_bytes, path, source,
-       run_id, seq"""
+       run_id, seq, object_url"""
 
 # Overlap with [$2, $3): start < to AND end > from. The extra lower bound on start_time (from minus
 # the camera's longest segment, one probe of segments_camera_duration) keeps the scan of
@@ -200,3 +203,62 @@ CLIP_TOTALS = """
 SELECT camera_id, count(*) AS clips, coalesce(sum(size_bytes), 0)::bigint AS clip_bytes
 FROM clips WHERE status = 'ready' GROUP BY camera_id ORDER BY camera_id
 """
+
+# --------------------------------------------------------------------------- archive (recorderd/archive.py)
+# $1 camera ids, $2 their cutoffs (footage ending before is due), $3 archive protected footage too
+_ARCHIVE_DUE = """
+FROM segments s JOIN unnest($1::text[], $2::timestamptz[]) AS c(id, cutoff) ON s.camera_id = c.id
+WHERE s.object_url IS NULL AND NOT s.deleting AND s.end_time < c.cutoff AND (NOT s.protected OR $3)"""
+
+ARCHIVE_CANDIDATES = f"""
+SELECT s.id, s.camera_id, s.path, s.size_bytes, s.end_time {_ARCHIVE_DUE}
+ORDER BY s.end_time, s.id LIMIT $4"""
+
+ARCHIVE_BACKLOG = f"""
+SELECT count(*) AS segments, coalesce(sum(s.size_bytes), 0)::bigint AS bytes, min(s.end_time) AS oldest
+{_ARCHIVE_DUE}"""
+
+# step 1, before the first byte goes: retention deletes this key with the row from now on
+ARCHIVE_INTENT = """
+UPDATE segments s SET upload_url = u.key
+FROM unnest($1::bigint[], $2::text[]) AS u(id, key)
+WHERE s.id = u.id AND s.object_url IS NULL AND NOT s.deleting"""
+
+# step 3, after the server confirmed size and checksum: readers use the object from now on. A row
+# retention marked meanwhile is not switched (its object is deleted by the archiver).
+ARCHIVE_SWITCH = """
+UPDATE segments s SET object_url = u.key, archived_at = now(), fragments = u.frag
+FROM unnest($1::bigint[], $2::text[], $3::bytea[]) AS u(id, key, frag)
+WHERE s.id = u.id AND s.object_url IS NULL AND NOT s.deleting
+RETURNING s.id"""
+
+# step 4 done: the local file is gone
+ARCHIVE_SETTLED = "UPDATE segments SET upload_url = NULL WHERE id = ANY($1::bigint[]) AND object_url IS NOT NULL"
+
+# switched rows whose local file may still be there (a crash between steps 3 and 4)
+ARCHIVE_UNSETTLED = """
+SELECT id, camera_id, path FROM segments
+WHERE upload_url IS NOT NULL AND object_url IS NOT NULL AND NOT deleting AND id > $1
+ORDER BY id LIMIT $2"""
+
+# where a row's bytes are, for the readers (playlist, media, export, clips)
+SEGMENT_LOCATION = "SELECT path, object_url, size_bytes FROM segments WHERE id = $1 AND NOT deleting"
+
+# --------------------------------------------------------------------------- compression (recorderd/compressjobs.py)
+# $1 camera ids, $2 their cutoffs. Local footage only, and none an upload has begun on: the archive
+# keeps the bytes it verified.
+_COMPRESS_DUE = """
+FROM segments s JOIN unnest($1::text[], $2::timestamptz[]) AS c(id, cutoff) ON s.camera_id = c.id
+WHERE s.compressed_at IS NULL AND s.object_url IS NULL AND s.upload_url IS NULL AND NOT s.deleting
+  AND s.end_time < c.cutoff"""
+
+COMPRESS_CANDIDATES = f"""
+SELECT s.id, s.path, s.duration_seconds, s.end_time, c.cutoff {_COMPRESS_DUE}
+ORDER BY s.end_time, s.id LIMIT $3"""
+
+COMPRESS_BACKLOG = f"SELECT count(*) {_COMPRESS_DUE}"
+
+# the index keeps the segment's times; only its size (and that it is done) change
+COMPRESS_DONE = """
+UPDATE segments SET size_bytes = $2, compressed_at = now()
+WHERE id = $1 AND object_url IS NULL AND upload_url IS NULL AND NOT deleting"""

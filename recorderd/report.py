@@ -38,6 +38,9 @@ _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 @dataclass(frozen=True, slots=True)
 class SegmentRow:
+    """A recording as search shows it; ``path`` is where its bytes are: the local file, or the
+    ``s3://bucket/key`` URL of an archived one."""
+
     recording_id: int
     camera_id: str
     start: datetime
@@ -86,7 +89,7 @@ async def search_conn(conn: asyncpg.Connection, camera_id: str, start: datetime 
     rows = await conn.fetch(queries.SEARCH, camera_id, lo, hi)
     return [SegmentRow(recording_id=r["id"], camera_id=r["camera_id"], start=r["start_time"],
                        end=r["end_time"], duration_seconds=r["duration_seconds"],
-                       size_bytes=r["size_bytes"], path=r["path"], source=r["source"],
+                       size_bytes=r["size_bytes"], path=r["object_url"] or r["path"], source=r["source"],
                        run_id=str(r["run_id"]) if r["run_id"] is not None else None, seq=r["seq"])
             for r in rows]
 

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, Protocol
 
 import asyncpg
 
+from recorderd.archive import delete_with_objects, note_floor_unarchived
 from recorderd.config import DEFAULT_PLANS, Config
 from recorderd.db import DatabaseUnavailable, is_connection_error
 from recorderd.diskguard import (
@@ -59,6 +60,7 @@ from recorderd.metrics import (
     SWEEP_DURATION,
     note_segment_end,
 )
+from recorderd.objectstore import ObjectStore
 
 log = get_logger()
 DAY = 86400.0
@@ -191,7 +193,8 @@ Q = load_queries(resources.files("recorderd.sql").joinpath("retention.sql").read
 
 def _row(rec: Any) -> SegmentRow:
     return SegmentRow(rec["id"], rec["camera_id"], rec["path"], rec["start_time"].timestamp(),
-                      rec["end_time"].timestamp(), rec["size_bytes"], rec["protected"])
+                      rec["end_time"].timestamp(), rec["size_bytes"], rec["protected"], rec["object_url"],
+                      rec["archived"])
 
 
 # database trouble: logged, never fatal (statement errors included: the floor must keep running)
@@ -267,7 +270,8 @@ class Sweeper:
     def __init__(self, config: Config, db: Database, current_files: Callable[[], set[str]],
                  clock: Callable[[], float] = time.time, *, clock_gate: Gate = _always_fine,
                  storage_gate: Gate = _always_fine, volume_marker: str | None = None,
-                 index_never_reached: Callable[[], bool] | None = None) -> None:
+                 index_never_reached: Callable[[], bool] | None = None,
+                 objects: Callable[[], ObjectStore | None] = lambda: None) -> None:
         self._config = config
         self._db = db
         self._current_files = current_files
@@ -276,6 +280,7 @@ class Sweeper:
         self._storage_pause = PauseEpisode(STORAGE_MISSING, storage_gate, _STORAGE_SKIPS)
         self._volume_marker = volume_marker
         self._index_never_reached = index_never_reached
+        self._objects = objects  # the archive's store: archived rows go with their objects
         self._protected = ProtectedPaths(config.storage.root)
         self._inflight: set[int] = set()  # marked by a batch in progress: not "interrupted"
         self._announced: dict[str, str] = {}  # camera -> oldest day announced as expiring
@@ -439,7 +444,7 @@ class Sweeper:
                 if not marked:  # a crash's marks stay: that decision is finished once the volume is back
                     await self._execute(Q["unmark"], list(ids))
                 raise RetentionPaused
-            pairs = list(zip(rows, results, strict=True))
+            pairs = await delete_with_objects(self._objects(), list(zip(rows, results, strict=True)))
             self._account(pairs, reason, report)
             done = [r.id for r, res in pairs if res.outcome is not Outcome.FAILED]
             retry = [r.id for r, res in pairs if res.outcome is Outcome.FAILED]
@@ -471,6 +476,7 @@ class Sweeper:
             RETENTION_DELETED_BYTES.labels(reason).inc(nbytes)
         if count and reason == "disk":
             self._count_early([row for row, res in pairs if res.outcome is Outcome.DELETED])
+            note_floor_unarchived(self._config, [row for row, res in pairs if res.outcome is Outcome.DELETED])
 
     def _count_early(self, rows: Sequence[SegmentRow]) -> None:
         """Floor deletions of footage its plan still promised: the disk is too small for the plans
@@ -556,7 +562,8 @@ class Sweeper:
         async for rows, current in self._batches(pol.camera_id, _TS_MAX):
             if total <= max_bytes:
                 return
-            chosen = select_over_cap(rows, total, max_bytes, current)
+            local = [r for r in rows if not r.archived]  # the cap bounds this disk's share
+            chosen = select_over_cap(local, total, max_bytes, current)
             pairs = await self._delete(chosen, "cap", report)
             failed = {r.id for r, res in pairs if res.outcome is Outcome.FAILED}
             total -= sum(r.size for r in chosen if r.id not in failed)  # also those protected meanwhile

@@ -52,9 +52,11 @@ SAMPLE_ROWS = 50  # newest indexed files looked for on disk
 DB_TIMEOUT = 30.0  # per query; a one-off full scan of the segments table on a marker-less start
 
 # Both spellings of the root: rows may have been written through a symlinked root or its target.
-_COUNT_SQL = "SELECT count(*) FROM segments WHERE starts_with(path, $1) OR starts_with(path, $2)"
-_SAMPLE_SQL = ("SELECT path FROM segments WHERE starts_with(path, $1) OR starts_with(path, $2) "
-               "ORDER BY end_time DESC LIMIT $3")
+# Archived rows (object_url set) have no local file to look for.
+_COUNT_SQL = ("SELECT count(*) FROM segments WHERE (starts_with(path, $1) OR starts_with(path, $2))"
+              " AND object_url IS NULL")
+_SAMPLE_SQL = ("SELECT path FROM segments WHERE (starts_with(path, $1) OR starts_with(path, $2))"
+               " AND object_url IS NULL ORDER BY end_time DESC LIMIT $3")
 _DB_ERRORS = (DatabaseUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError,
               asyncpg.exceptions.InternalClientError, OSError, TimeoutError)
 

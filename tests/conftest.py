@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 from util import DaemonProc
 
-pytest_plugins = ["fixtures_pg", "fixtures_cam", "fixtures_storage", "fixtures_sources"]
+pytest_plugins = ["fixtures_pg", "fixtures_cam", "fixtures_storage", "fixtures_sources", "fixtures_s3"]
 
 
 @pytest.fixture

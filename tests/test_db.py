@@ -27,6 +27,11 @@ EXPECTED_SEGMENTS = {
     "protected": ("boolean", "NO"),
     "deleting": ("boolean", "NO"),
     "indexed_at": ("timestamp with time zone", "NO"),
+    "object_url": ("text", "YES"),
+    "archived_at": ("timestamp with time zone", "YES"),
+    "fragments": ("bytea", "YES"),
+    "compressed_at": ("timestamp with time zone", "YES"),
+    "upload_url": ("text", "YES"),
 }
 EXPECTED_CAMERAS = {
     "id": ("text", "NO"),
@@ -46,6 +51,8 @@ EXPECTED_SEGMENT_INDEXES = {
     "segments_camera_duration": "(camera_id, duration_seconds)",
     "segments_sweep": "(end_time) WHERE (NOT protected)",
     "segments_deleting": "(camera_id) WHERE deleting",
+    "segments_local_end": "(end_time) WHERE ((object_url IS NULL) AND (NOT deleting))",
+    "segments_unsettled": "(id) WHERE (upload_url IS NOT NULL)",
 }
 
 

@@ -28,6 +28,7 @@ from recorderd.db import Database
 from recorderd.events import OpenFile
 from recorderd.health import CHECKS, check_of
 from recorderd.logging import get_logger
+from recorderd.objectstore import ObjectStore
 from recorderd.retention import CameraUsage
 
 log = get_logger(component="http")
@@ -53,6 +54,8 @@ class Services(Protocol):
     def camera_usage(self) -> Mapping[str, CameraUsage]: ...
     async def clips_used(self, conn: Any, camera_id: str) -> int: ...
     def open_file(self, camera_id: str) -> OpenFile | None: ...
+    @property
+    def archive_store(self) -> ObjectStore | None: ...
 
 
 def parse_listen(listen: str) -> tuple[str | None, int]:

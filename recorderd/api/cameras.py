@@ -25,6 +25,7 @@ import asyncpg
 from aiohttp import web
 
 from recorderd.api.errors import ApiError, bad_request, not_found, unavailable
+from recorderd.api.objects import serve_object
 from recorderd.config import Camera
 from recorderd.db import DatabaseUnavailable
 from recorderd.layout import iso
@@ -68,7 +69,7 @@ WHERE camera_id = $1 AND NOT deleting AND end_time > $2 AND start_time < $3
   AND start_time >= $2 - make_interval(secs => 1 + coalesce(
         (SELECT max(duration_seconds) FROM segments WHERE camera_id = $1), 0))
 ORDER BY start_time"""
-_SEGMENT_SQL = "SELECT camera_id, path FROM segments WHERE id = $1 AND NOT deleting"
+_SEGMENT_SQL = "SELECT camera_id, path, object_url, size_bytes FROM segments WHERE id = $1 AND NOT deleting"
 
 
 def add_routes(app: web.Application, services: Services, signer: UrlSigner) -> None:
@@ -228,7 +229,8 @@ class CameraApi:
             "gaps": [{"start": iso(a), "end": iso(b)} for a, b in gaps if b > a]})
 
     async def media(self, request: web.Request) -> web.StreamResponse:
-        """One segment file's bytes (sendfile; Range, HEAD and If-Range by aiohttp's FileResponse)."""
+        """One segment's bytes: a local file by sendfile (Range, HEAD and If-Range by aiohttp's
+        FileResponse), an archived one from the object store (``recorderd.api.objects``)."""
         from recorderd.api.app import principal_of
 
         seg_id = int(request.match_info["segment_id"])
@@ -237,6 +239,8 @@ class CameraApi:
         cam = self.services.config.camera(row["camera_id"]) if row is not None else None
         if row is None or cam is None or not principal_of(request).sees(cam.tenant):
             raise not_found("recording")
+        if row["object_url"] is not None:  # archived: one ranged GET per request
+            return await serve_object(request, self.services.archive_store, row["object_url"], row["size_bytes"])
         root = str(self.services.config.storage.root)
         if not await asyncio.to_thread(safe_file, root, row["path"]):
             raise not_found("recording")

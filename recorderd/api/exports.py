@@ -153,7 +153,8 @@ class ExportApi(CameraApi):
                     files = await export.segments_for(conn, cam.id, start, end)
                 if not files:
                     raise export.NoFootage("no footage")
-                result = await export.cut(files, start, end, dest, root=root)
+                result = await export.cut(files, start, end, dest, root=root,
+                                          store=self.services.archive_store)
             except ApiError:
                 metrics.API_CUTS.labels("export", "error").inc()
                 raise

@@ -28,6 +28,7 @@ from aiohttp import web
 from recorderd.api.cameras import QUERY_TIMEOUT, CameraApi, period, safe_file
 from recorderd.api.errors import bad_request, not_found
 from recorderd.api.playlist import SegmentFile, build
+from recorderd.archive import unpack_fragments
 from recorderd.fmp4 import FragmentIndex, scan
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ LIVE_KEYS = 4096  # live-file keys kept: a few per camera outlive their file's c
 UNINDEXED_SECONDS = 120.0  # a closed file listed before it was indexed is listed so for this long
 
 _FILES_SQL = """
-SELECT id, start_time, end_time, run_id, path FROM segments
+SELECT id, start_time, end_time, run_id, path, object_url, fragments FROM segments
 WHERE camera_id = $1 AND NOT deleting AND end_time > $2 AND start_time < $3
   AND start_time >= $2 - make_interval(secs => 1 + coalesce(
         (SELECT max(duration_seconds) FROM segments WHERE camera_id = $1), 0))
@@ -122,6 +123,20 @@ class FragmentCache:
     def __init__(self, limit: int = CACHE_FILES) -> None:
         self.limit = limit
         self._items: OrderedDict[str, tuple[tuple[int, int, int, int], FragmentIndex]] = OrderedDict()
+        self._archived: OrderedDict[int, FragmentIndex] = OrderedDict()
+
+    def archived(self, segment_id: int, packed: bytes | None) -> FragmentIndex | None:
+        """An archived segment's map, stored with its row at upload (no request to the store)."""
+        hit = self._archived.get(segment_id)
+        if hit is not None:
+            self._archived.move_to_end(segment_id)
+            return hit
+        index = unpack_fragments(packed) if packed is not None else None
+        if index is not None:
+            self._archived[segment_id] = index
+            while len(self._archived) > self.limit:
+                self._archived.popitem(last=False)
+        return index
 
     def lookup(self, root: str, path: str) -> FragmentIndex | None:
         """Blocking (stat, maybe a check and a scan): call in a worker thread."""
@@ -168,7 +183,8 @@ class PlaybackApi(CameraApi):
         unindexed = self._unindexed(cam.id, {r["path"] for r in rows}, writing) if open_ended else []
 
         def indexes() -> tuple[list[FragmentIndex | None], list[tuple[FragmentIndex, float] | None]]:
-            return ([self.cache.lookup(root, r["path"]) for r in rows],
+            return ([self.cache.archived(r["id"], r["fragments"]) if r["object_url"] is not None
+                     else self.cache.lookup(root, r["path"]) for r in rows],
                     [self._with_mtime(root, u.path) for u in unindexed])
 
         found, extra = await asyncio.to_thread(indexes)
