@@ -155,6 +155,8 @@ class Archiver:
         self._down_since: float | None = None
         self._wake = asyncio.Event()
         self.passes = 0
+        self.backlog: tuple[int, int, float] = (0, 0, 0.0)  # segments, bytes, oldest age (s)
+        self.up: bool | None = None  # None: not asked yet
 
     def update_config(self, config: Config, store: ObjectStore | None) -> None:
         self._config = config
@@ -188,6 +190,7 @@ class Archiver:
     async def pass_once(self) -> float:
         """Finish switched rows, then archive one batch; returns the pause before the next pass."""
         self.passes += 1
+        metrics.ARCHIVE_CONFIGURED.set(1 if self.store is not None and self._config.archive is not None else 0)
         if self.store is None or self._config.archive is None or not self._db.up or not self._storage_ok():
             return self._idle()
         await self.settle()
@@ -199,6 +202,8 @@ class Archiver:
         async with self._db.acquire("archive") as conn:
             rows = await conn.fetch(queries.ARCHIVE_CANDIDATES, ids, cuts, clips, BATCH)
         done = await self._archive(rows) if rows else 0
+        if not rows:
+            await self._check_store()
         async with self._db.acquire("archive") as conn:
             b = await conn.fetchrow(queries.ARCHIVE_BACKLOG, ids, cuts, clips)
         self._publish_backlog(b["segments"], b["bytes"], b["oldest"])
@@ -207,9 +212,19 @@ class Archiver:
         return 0.0 if len(rows) == BATCH else self._idle()
 
     def _publish_backlog(self, segments: int, nbytes: int, oldest: datetime | None) -> None:
+        age = max(0.0, self._clock() - oldest.timestamp()) if oldest else 0.0
+        self.backlog = (segments, nbytes, age)
         metrics.ARCHIVE_BACKLOG_SEGMENTS.set(segments)
         metrics.ARCHIVE_BACKLOG_BYTES.set(nbytes)
-        metrics.ARCHIVE_OLDEST_SECONDS.set(max(0.0, self._clock() - oldest.timestamp()) if oldest else 0.0)
+        metrics.ARCHIVE_OLDEST_SECONDS.set(age)
+
+    def snapshot(self) -> dict[str, Any] | None:
+        """For ``recorderd status``: where footage goes and how far behind it is."""
+        if self._config.archive is None:
+            return None
+        return {"url": self._config.archive.url, "usable": self.store is not None, "up": self.up,
+                "backlog_segments": self.backlog[0], "backlog_bytes": self.backlog[1],
+                "oldest_seconds": round(self.backlog[2], 1)}
 
     async def _archive(self, rows: Sequence[Any]) -> int:
         root = self._config.storage.root
@@ -281,13 +296,26 @@ class Archiver:
         self._store_up()
         item.fragments = pack_fragments(index)
 
+    async def _check_store(self) -> None:
+        """With nothing to upload, one HEAD of a key that is never written keeps ``recorderd_archive_up``
+        true to the store's state (a 404 is an answer)."""
+        assert self.store is not None
+        try:
+            await self.store.exists(".recorderd-probe")
+        except ArchiveError as exc:
+            self._store_down(str(exc))
+        else:
+            self._store_up()
+
     def _store_down(self, error: str) -> None:
+        self.up = False
         metrics.ARCHIVE_UP.set(0)
         if self._down_since is None:
             self._down_since = self._clock()
             log.warning("archive_unavailable", error=error, action="recording goes on; uploads retried")
 
     def _store_up(self) -> None:
+        self.up = True
         metrics.ARCHIVE_UP.set(1)
         self._backoff.reset()
         if self._down_since is not None:

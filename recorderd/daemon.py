@@ -213,6 +213,7 @@ class Daemon:
                 "reason": self.fallback.reason(self.config_path), "errors": list(self.fallback.errors),
                 "path": self.fallback.path, "saved_at": self.fallback.saved_at},
             "cameras": [s.snapshot() for s in self.supervisors.values()],
+            "archive": self.archiver.snapshot(),
         }
 
     def camera_usage(self) -> Mapping[str, CameraUsage]:

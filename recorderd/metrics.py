@@ -184,6 +184,8 @@ ARCHIVE_FAILURES = Counter("recorderd_archive_failures_total", "Failed archive s
                            ["step"])  # upload | verify | switch | delete | read
 ARCHIVE_DELETED = Counter("recorderd_archive_deleted_objects_total", "Archived objects deleted by retention")
 ARCHIVE_UP = Gauge("recorderd_archive_up", "1 while the object store answers, 0 after a failed request")
+ARCHIVE_CONFIGURED = Gauge("recorderd_archive_configured",
+                           "1 while archive: is configured and its store could be set up (credentials read)")
 ARCHIVE_UNARCHIVED_DELETED = Counter(
     "recorderd_archive_unarchived_deleted_total",
     "Segments the free-space floor deleted before they were archived")

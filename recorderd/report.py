@@ -59,6 +59,16 @@ class SegmentRow:
                 "path": self.path}
 
 
+def archive_line(a: dict[str, Any]) -> str:
+    """``archive s3://b/p: up; backlog 12 segments (40.0 MB), oldest waiting 2.1 h``."""
+    state = ("NOT USABLE (credentials?)" if not a.get("usable") else
+             {True: "up", False: "DOWN (uploads retried)", None: "not asked yet"}[a.get("up")])
+    oldest = float(a.get("oldest_seconds") or 0)
+    wait = f", oldest waiting {oldest / 3600:.1f} h" if oldest else ""
+    return (f"archive {a.get('url')}: {state}; backlog {a.get('backlog_segments', 0)} segments "
+            f"({human_bytes(int(a.get('backlog_bytes') or 0))}){wait}")
+
+
 def iso(dt: datetime | float | None) -> str | None:
     if dt is None:
         return None
@@ -243,6 +253,7 @@ async def cmd_status(config: Config, as_json: bool, out: TextIO, err: TextIO | N
               "started_at": iso((live or {}).get("started_at")) if running else None,
               "database_up": (live or {}).get("database_up") if running else totals is not None,
               "pending_rows": (live or {}).get("pending_rows") if running else None,
+              "archive": (live or {}).get("archive") if running else None,
               "config_fallback": None if fallback is None else {**fallback, "saved_at": iso(fallback["saved_at"])}}
     if not running:
         err.write(f"recorderd is not running: {why}\n")
@@ -263,6 +274,9 @@ async def cmd_status(config: Config, as_json: bool, out: TextIO, err: TextIO | N
     if running:
         out.write(f"recorderd running, pid {daemon['pid']}, since {daemon['started_at']}; database "
                   f"{'up' if daemon['database_up'] else 'DOWN'}; {daemon['pending_rows']} rows pending\n")
+        arch = daemon["archive"]
+        if isinstance(arch, dict):
+            out.write(archive_line(arch) + "\n")
     root = str(config.storage.root) + "/"
     out.write(render_table(
         ["CAMERA", "STATE", "REC", "LAST SEGMENT END (UTC)", "RESTARTS", "DISK", "RETENTION", "LAST EXIT",
