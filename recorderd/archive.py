@@ -36,7 +36,7 @@ import asyncpg
 
 from recorderd import metrics, queries
 from recorderd.backoff import Backoff
-from recorderd.config import ArchiveConfig, Config
+from recorderd.config import ArchiveConfig, Config, Plan
 from recorderd.db import Database, DatabaseUnavailable
 from recorderd.diskguard import Outcome, unlink_batch
 from recorderd.fmp4 import Fragment, FragmentIndex, scan
@@ -110,17 +110,23 @@ class UploadPacer:
             await asyncio.sleep(delay)
 
 
-def cutoffs(config: Config, now: float) -> tuple[list[str], list[datetime]]:
-    """Per camera whose plan archives: footage ending before its cutoff is due. Cameras removed from
-    the config have no plan here: their footage stays where it is."""
+def due_cutoffs(config: Config, now: float, after: Callable[[Plan], float | None]) -> tuple[list[str], list[datetime]]:
+    """Per camera whose plan has the tier (``after(plan)``: seconds, or None): footage ending before
+    its cutoff is due. Cameras removed from the config have no plan here: their footage stays as it is."""
     ids: list[str] = []
     cuts: list[datetime] = []
     for cam in config.cameras:
         plan = config.plans.get(cam.plan)
-        if plan is not None and plan.archive_after_hours is not None:
+        seconds = after(plan) if plan is not None else None
+        if seconds is not None:
             ids.append(cam.id)
-            cuts.append(datetime.fromtimestamp(now - plan.archive_after_hours * HOUR, UTC))
+            cuts.append(datetime.fromtimestamp(now - seconds, UTC))
     return ids, cuts
+
+
+def cutoffs(config: Config, now: float) -> tuple[list[str], list[datetime]]:
+    """The archive's: ``archive_after_hours``."""
+    return due_cutoffs(config, now, lambda p: None if p.archive_after_hours is None else p.archive_after_hours * HOUR)
 
 
 @dataclass(slots=True)

@@ -339,22 +339,28 @@ def _frame_seconds(stream: dict[str, Any]) -> float | None:
 async def _run(argv: list[str], timeout: float) -> tuple[int | None, str]:
     """Run ``argv`` (bound to our life), return (exit code, stderr); code None when it was killed on
     timeout. Cancelled, the process is stopped (SIGTERM, wait, SIGKILL) before the cancellation goes on."""
+    code, _, err = await _run_output(argv, timeout)
+    return code, err.decode(errors="replace")
+
+
+async def _run_output(argv: list[str], timeout: float) -> tuple[int | None, bytes, bytes]:
+    """``_run`` that also returns stdout (ffprobe's JSON)."""
     wrapped, _ = pdeathsig_argv(argv)
     try:
         proc = await asyncio.create_subprocess_exec(
-            *wrapped, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            *wrapped, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, start_new_session=True)
     except OSError as exc:
         raise _Failed(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
     try:
-        _, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
         await _stop_process(proc)
-        return None, f"did not finish within {timeout:g} s"
+        return None, b"", f"did not finish within {timeout:g} s".encode()
     except BaseException:
         await asyncio.shield(_stop_process(proc))
         raise
-    return proc.returncode, err.decode(errors="replace")
+    return proc.returncode, out, err
 
 
 async def _stop_process(proc: asyncio.subprocess.Process) -> None:
@@ -375,22 +381,10 @@ async def _probe(ffprobe_bin: str, path: str) -> _Media:
     argv = [ffprobe_bin, "-v", "error", "-select_streams", "v:0",
             "-show_entries", "stream=codec_name,start_time,duration,avg_frame_rate,r_frame_rate"
             ":format=duration:format_tags=comment", "-of", "json", path]
-    wrapped, _ = pdeathsig_argv(argv)
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *wrapped, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True)
-    except OSError as exc:
-        raise _Failed(f"cannot run {ffprobe_bin}: {exc.strerror or exc}") from None
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), PROBE_TIMEOUT)
-    except TimeoutError:
-        await _stop_process(proc)
-        raise _Failed(f"ffprobe did not answer within {PROBE_TIMEOUT:g} s") from None
-    except BaseException:
-        await asyncio.shield(_stop_process(proc))
-        raise
-    code = proc.returncode or 0
+    code_or_none, out, err = await _run_output(argv, PROBE_TIMEOUT)
+    if code_or_none is None:
+        raise _Failed(f"ffprobe did not answer within {PROBE_TIMEOUT:g} s")
+    code = code_or_none
     try:
         data = json.loads(out or b"{}")
     except ValueError:

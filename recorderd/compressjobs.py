@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 from recorderd import queries
+from recorderd.archive import due_cutoffs
 from recorderd.compress import Candidate, CompressionSettings, Compressor, CompressResult
 from recorderd.config import CompressionConfig, Config
 from recorderd.db import Database
@@ -24,14 +25,7 @@ def settings_of(cfg: CompressionConfig) -> CompressionSettings:
 
 def compress_cutoffs(config: Config, now: float) -> tuple[list[str], list[datetime]]:
     """Per camera whose plan compresses: footage ending before its cutoff is due."""
-    ids: list[str] = []
-    cuts: list[datetime] = []
-    for cam in config.cameras:
-        plan = config.plans.get(cam.plan)
-        if plan is not None and plan.compress_after_days is not None:
-            ids.append(cam.id)
-            cuts.append(datetime.fromtimestamp(now - plan.compress_after_days * DAY, UTC))
-    return ids, cuts
+    return due_cutoffs(config, now, lambda p: None if p.compress_after_days is None else p.compress_after_days * DAY)
 
 
 class CompressionJobs:
