@@ -196,7 +196,11 @@ class Archiver:
     async def pass_once(self) -> float:
         """Finish switched rows, then archive one batch; returns the pause before the next pass."""
         self.passes += 1
-        metrics.ARCHIVE_CONFIGURED.set(1 if self.store is not None and self._config.archive is not None else 0)
+        metrics.ARCHIVE_CONFIGURED.set(0 if self._config.archive is None else 1)
+        if self._config.archive is not None and self.store is None:  # credentials unreadable: logged at build
+            metrics.ARCHIVE_FAILURES.labels("setup").inc()
+            self._store_down("the archive could not be set up (credentials?)")
+            return self._idle()
         if self.store is None or self._config.archive is None or not self._db.up or not self._storage_ok():
             return self._idle()
         await self.settle()
@@ -309,6 +313,7 @@ class Archiver:
         try:
             await self.store.exists(".recorderd-probe")
         except ArchiveError as exc:
+            metrics.ARCHIVE_FAILURES.labels("probe").inc()
             self._store_down(str(exc))
         else:
             self._store_up()

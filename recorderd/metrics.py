@@ -181,11 +181,11 @@ ARCHIVE_OLDEST_SECONDS = Gauge("recorderd_archive_backlog_oldest_seconds",
 ARCHIVE_UPLOADED = Counter("recorderd_archive_uploaded_segments_total", "Segments uploaded, verified and switched")
 ARCHIVE_UPLOADED_BYTES = Counter("recorderd_archive_uploaded_bytes_total", "Bytes of the segments archived")
 ARCHIVE_FAILURES = Counter("recorderd_archive_failures_total", "Failed archive steps by step",
-                           ["step"])  # upload | verify | switch | delete | read
+                           ["step"])  # setup | probe | upload | verify | read | unlink | delete
 ARCHIVE_DELETED = Counter("recorderd_archive_deleted_objects_total", "Archived objects deleted by retention")
 ARCHIVE_UP = Gauge("recorderd_archive_up", "1 while the object store answers, 0 after a failed request")
 ARCHIVE_CONFIGURED = Gauge("recorderd_archive_configured",
-                           "1 while archive: is configured and its store could be set up (credentials read)")
+                           "1 while archive: is configured (recorderd_archive_up says whether it answers)")
 ARCHIVE_UNARCHIVED_DELETED = Counter(
     "recorderd_archive_unarchived_deleted_total",
     "Segments the free-space floor deleted before they were archived")
