@@ -94,6 +94,15 @@ def expected_etag(path: str | os.PathLike[str], part: int = PART_BYTES) -> tuple
     return size, hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest() + f"-{len(digests)}"
 
 
+def _read_small(path: str) -> tuple[bytes | None, int, str]:
+    """A file of up to ``PART_BYTES``: its bytes, size and MD5 from one read; a larger one: (None, 0, "")."""
+    with open(path, "rb") as f:
+        data = f.read(PART_BYTES + 1)
+    if len(data) > PART_BYTES:
+        return None, 0, ""
+    return data, len(data), hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
 def _clean_etag(etag: str | None) -> str:
     return (etag or "").strip().strip('"').lower()
 
@@ -141,14 +150,12 @@ class ObjectStore:
     async def put_file(self, key: str, path: str) -> tuple[int, str]:
         """Upload ``path`` to ``key`` and verify it; returns (size, etag). Raises ArchiveError or
         VerifyError (the object may then exist with other bytes: a retry overwrites it)."""
-        size, etag = await asyncio.to_thread(expected_etag, path)
+        data, size, etag = await asyncio.to_thread(_read_small, path)  # one read, digest included
         try:
-            if size <= PART_BYTES:
-                data = await asyncio.to_thread(Path(path).read_bytes)
-                if len(data) != size:
-                    raise VerifyError("the file changed while it was read")
+            if data is not None:
                 await obstore.put_async(self._store, key, data)
             else:
+                size, etag = await asyncio.to_thread(expected_etag, path)
                 await obstore.put_async(self._store, key, Path(path), chunk_size=PART_BYTES)
             head = await obstore.head_async(self._store, key)
         except ArchiveError:
