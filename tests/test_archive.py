@@ -178,6 +178,12 @@ async def test_archived_footage_plays_through_the_playlist_and_seeks_by_range(ar
                                                  {"Range": f"bytes={seg['size_bytes']}-"})
     assert status == 416 and headers["content-range"] == f"bytes */{seg['size_bytes']}"
     assert s3.endpoint not in text.decode()  # clients talk to the box only
+    # archived bytes are as private as local ones: no signature and no token, a wrong token, another tenant
+    bare = media.split("?")[0]
+    assert (await asyncio.to_thread(arch.call, bare, None))[0] == 401
+    assert (await asyncio.to_thread(arch.call, bare, "not-a-token"))[0] == 401
+    assert (await asyncio.to_thread(arch.call, bare, "t2"))[0] == 404
+    assert (await asyncio.to_thread(arch.call, bare, "t1"))[0] == 200
 
 
 async def test_export_and_days_cover_archived_footage(arch: Api, tmp_path: Path) -> None:
