@@ -174,9 +174,10 @@ class TestCam:
             if ready_line in self._stdout_text() and port_accepts(self.port):
                 return True, ""
             time.sleep(0.05)
+        state = self._proc_state()  # R running, S sleeping, D in I/O, T stopped, Z exited, ? gone
         self._terminate()
-        return False, (f"testcam did not listen on 127.0.0.1:{self.port} within {timeout:.0f}s: "
-                       f"{self._stderr_text()}")
+        return False, (f"testcam did not listen on 127.0.0.1:{self.port} within {timeout:.0f}s "
+                       f"(process {self.pid} state {state}): {self._stderr_text()}")
 
     def start(self, timeout: float = 10) -> TestCam:
         """Spawn the camera and wait until its TCP port accepts connections."""
@@ -340,7 +341,7 @@ def testcam_factory() -> Iterator[Callable[..., TestCam]]:
 @pytest.fixture(scope="session")
 def _shared_cam_process() -> Iterator[TestCam]:
     cam = TestCam(fps=10, gop=10)
-    cam.start()
+    cam.start(timeout=30)  # once per session: a loaded box is given time
     try:
         yield cam
     finally:

@@ -16,7 +16,7 @@ Fixtures (registered in conftest.py):
   segments in ``fmp4/``, served by a threaded HTTP server and by an HTTPS one (``tls_files``).
   ``hls_source.url("ts")`` / ``url("fmp4", tls=True)``; any path under ``/private/`` answers 401
   unless the request carries ``HLS_USER``/``HLS_PASSWORD`` (``url(..., auth=True)``).
-* ``rtmp_source`` (function): an FFmpeg RTMP server (``-f flv -listen 1``) pulling ``source_cam``.
+* ``rtmp_source`` (module): an FFmpeg RTMP server (``-f flv -listen 1``) pulling ``source_cam``.
   It serves exactly one client and then exits, and it plays any app/stream name it is asked for;
   ``rtmp_source.url`` is ``rtmp://127.0.0.1:PORT/live/cam``.
 * ``rtsps_cam`` (module): a ``TestCam`` serving RTSPS (``rtsps://``, TLS with ``tls_files``).
@@ -138,7 +138,7 @@ _FAST_INPUT = ["-analyzeduration", "0", "-probesize", "32", "-rtsp_transport", "
 @pytest.fixture(scope="module")
 def source_cam() -> Iterator[TestCam]:
     cam = TestCam(fps=10, gop=10)  # a keyframe a second: 1 s HLS segments
-    cam.start()
+    cam.start(timeout=30)  # once per module: a loaded box is given time
     try:
         yield cam
     finally:
@@ -315,8 +315,9 @@ class RtmpServer:
             self.server.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def rtmp_source(source_cam: TestCam) -> Iterator[RtmpServer]:
+    """For one client in the module (the server exits after it)."""
     server = RtmpServer(source_cam.url)
     try:
         yield server.start()
@@ -330,7 +331,7 @@ def rtmp_source(source_cam: TestCam) -> Iterator[RtmpServer]:
 @pytest.fixture(scope="module")
 def rtsps_cam(tls_files: TlsFiles) -> Iterator[TestCam]:
     cam = TestCam(fps=10, gop=10, tls_cert=tls_files.pem)
-    cam.start()
+    cam.start(timeout=30)
     try:
         yield cam
     finally:

@@ -61,7 +61,7 @@ def api_cams() -> Iterator[tuple[TestCam, ...]]:
     # 503 that backs the second off for half a minute
     cams = (TestCam(fps=10, gop=10), TestCam(fps=10, gop=10), TestCam(fps=10, gop=10))
     for cam in cams:
-        cam.start()
+        cam.start(timeout=30)  # once per module: a loaded box is given time
     yield cams
     for cam in cams:
         cam.stop()

@@ -1,4 +1,9 @@
-"""The whole daemon as a subprocess: real FFmpeg, real RTSP cameras, real PostgreSQL."""
+"""The whole daemon as a subprocess: real FFmpeg, real RTSP cameras, real PostgreSQL.
+
+The thirty-second run only waits on the wall clock: its daemon (on a camera and a database of its own)
+is started at the module's start and records while the tests above its test run; its test asserts on
+what it left. It has stopped before the outage test, the last one, stops PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,15 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fixtures_cam import TestCam
 from util import (
+    Background,
     DaemonProc,
     camera_doc,
     disk_segments,
@@ -64,27 +74,6 @@ async def test_sigterm_stops_within_10s_with_last_segment_complete(shared_cam, p
     assert steps and set(steps) == {"q"}  # a healthy FFmpeg finishes on 'q', no escalation
 
 
-async def test_thirty_seconds_every_file_one_row_durations_add_up(shared_cam, pg_dsn, tmp_path, daemons) -> None:  # type: ignore[no-untyped-def]
-    d = start_daemon(daemons, tmp_path, [camera_doc("cam-a", shared_cam.url)], pg_dsn)
-    await wait_until(lambda: recording(d, "cam-a"), 40, what="recording")
-    await asyncio.sleep(30)
-    d.signal(signal.SIGTERM)
-    assert d.wait(15) == 0
-    rows = await fetch_segments(pg_dsn, "cam-a")
-    files = disk_segments(d.root)
-    assert len(rows) == len({r["path"] for r in rows}) == len(files) >= 14
-    assert {r["path"] for r in rows} == files
-    assert len({r["run_id"] for r in rows}) == 1
-    for prev, nxt in zip(rows, rows[1:], strict=False):
-        assert nxt["seq"] == prev["seq"] + 1
-        assert abs(nxt["start"] - prev["end"]) < 1e-5  # timestamptz keeps microseconds: exact tiling
-    total = sum(r["duration_seconds"] for r in rows)
-    assert abs(total - (rows[-1]["end"] - rows[0]["start"])) < 1e-3
-    for r in rows:
-        assert abs(ffprobe_duration(r["path"]) - r["duration_seconds"]) < 0.3, r
-        assert r["size_bytes"] == Path(r["path"]).stat().st_size
-
-
 async def test_daemon_sigkill_then_restart_indexes_cut_segment_once(testcam_factory, pg_dsn, tmp_path, daemons) -> None:  # type: ignore[no-untyped-def]
     cam = testcam_factory()
     d = start_daemon(daemons, tmp_path, [camera_doc("cam-a", cam.url, segment_seconds=60)], pg_dsn)
@@ -127,31 +116,6 @@ async def test_daemon_sigkill_then_restart_indexes_cut_segment_once(testcam_fact
     cut_row = next(r for r in rows if r["path"] == cut)
     assert cut_row["source"] == "reconcile"
     assert abs(cut_row["duration_seconds"] - ffprobe_duration(cut)) < 0.01
-
-
-async def test_postgres_outage_while_recording_loses_no_row(shared_cam, pg_cluster, pg_dsn, tmp_path, daemons) -> None:  # type: ignore[no-untyped-def]
-    d = start_daemon(daemons, tmp_path, [camera_doc("cam-a", shared_cam.url)], pg_dsn)
-    await wait_until(lambda: recording(d, "cam-a"), 40, what="recording")
-    await wait_until(lambda: d.events("database_up"), 20, what="database up")
-    pg_cluster.stop()
-    try:
-        await wait_until(lambda: (d.status() or {}).get("database_up") is False, 20, what="db down seen")
-        files_before = len(disk_segments(d.root))
-        await asyncio.sleep(20)
-        assert len(disk_segments(d.root)) >= files_before + 8  # recording never waited
-        assert recording(d, "cam-a")
-        assert (d.status() or {}).get("pending_rows", 0) >= 8
-    finally:
-        pg_cluster.start()
-    await wait_until(lambda: (d.status() or {}).get("database_up") and d.status()["pending_rows"] == 0,  # type: ignore[index]
-                     60, what="pending rows written")
-    d.signal(signal.SIGTERM)
-    assert d.wait(15) == 0
-    rows = await fetch_segments(pg_dsn)
-    paths = [r["path"] for r in rows]
-    assert len(paths) == len(set(paths))
-    assert set(paths) == disk_segments(d.root)
-    assert {r["source"] for r in rows} == {"ffmpeg"}
 
 
 def test_run_refuses_a_bad_config(tmp_path: Path) -> None:
@@ -198,3 +162,88 @@ def test_status_and_search_cli_against_live_daemon_never_show_password(testcam_f
     everything = d.log_path.read_text() + res.stdout + res.stderr + res2.stdout
     assert "pa55-w0rd" not in everything
     assert "admin:***@" in d.log_path.read_text()
+
+
+class Thirty:
+    """A daemon recording cam-a (a camera of its own) into a database of its own for 30 s."""
+
+    def __init__(self, cam: TestCam, dsn: str, tmp: Path) -> None:
+        self.dsn = dsn
+        self.daemons: list[DaemonProc] = []
+        self.d = start_daemon(self.daemons, tmp, [camera_doc("cam-a", cam.url)], dsn)
+        self.run = Background(self._run, "thirty-second daemon")
+
+    async def _run(self) -> int:
+        d = self.d
+        await wait_until(lambda: recording(d, "cam-a"), 40, what="recording")
+        await asyncio.sleep(30)
+        d.signal(signal.SIGTERM)
+        return d.wait(15)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def thirty(pg_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Thirty]:
+    if not pg_cluster.is_running:  # a test elsewhere may have left it stopped (like pg_dsn)
+        pg_cluster.start()
+    name = "thirty_" + uuid.uuid4().hex[:8]
+    dsn = pg_cluster.create_database(name)
+    cam = TestCam(fps=10, gop=10).start(timeout=30)  # what shared_cam is, to itself: no other client
+    t: Thirty | None = None
+    try:
+        t = Thirty(cam, dsn, tmp_path_factory.mktemp("thirty"))
+        yield t
+    finally:
+        if t is not None:
+            t.run.cancel()
+            for d in t.daemons:
+                d.stop()
+        cam.stop()
+        try:
+            if not pg_cluster.is_running:
+                pg_cluster.start()
+            pg_cluster.drop_database(name)
+        except Exception:
+            pass
+
+
+async def test_thirty_seconds_every_file_one_row_durations_add_up(thirty: Thirty) -> None:
+    d, dsn = thirty.d, thirty.dsn
+    assert await thirty.run.result(90) == 0  # recording, 30 s, SIGTERM: exit 0 (begun at the module's start)
+    rows = await fetch_segments(dsn, "cam-a")
+    files = disk_segments(d.root)
+    assert len(rows) == len({r["path"] for r in rows}) == len(files) >= 14
+    assert {r["path"] for r in rows} == files
+    assert len({r["run_id"] for r in rows}) == 1
+    for prev, nxt in zip(rows, rows[1:], strict=False):
+        assert nxt["seq"] == prev["seq"] + 1
+        assert abs(nxt["start"] - prev["end"]) < 1e-5  # timestamptz keeps microseconds: exact tiling
+    total = sum(r["duration_seconds"] for r in rows)
+    assert abs(total - (rows[-1]["end"] - rows[0]["start"])) < 1e-3
+    for r in rows:
+        assert abs(ffprobe_duration(r["path"]) - r["duration_seconds"]) < 0.3, r
+        assert r["size_bytes"] == Path(r["path"]).stat().st_size
+
+
+async def test_postgres_outage_while_recording_loses_no_row(shared_cam, pg_cluster, pg_dsn, tmp_path, daemons) -> None:  # type: ignore[no-untyped-def]
+    d = start_daemon(daemons, tmp_path, [camera_doc("cam-a", shared_cam.url)], pg_dsn)
+    await wait_until(lambda: recording(d, "cam-a"), 40, what="recording")
+    await wait_until(lambda: d.events("database_up"), 20, what="database up")
+    pg_cluster.stop()
+    try:
+        await wait_until(lambda: (d.status() or {}).get("database_up") is False, 20, what="db down seen")
+        files_before = len(disk_segments(d.root))
+        await asyncio.sleep(20)
+        assert len(disk_segments(d.root)) >= files_before + 8  # recording never waited
+        assert recording(d, "cam-a")
+        assert (d.status() or {}).get("pending_rows", 0) >= 8
+    finally:
+        pg_cluster.start()
+    await wait_until(lambda: (d.status() or {}).get("database_up") and d.status()["pending_rows"] == 0,  # type: ignore[index]
+                     60, what="pending rows written")
+    d.signal(signal.SIGTERM)
+    assert d.wait(15) == 0
+    rows = await fetch_segments(pg_dsn)
+    paths = [r["path"] for r in rows]
+    assert len(paths) == len(set(paths))
+    assert set(paths) == disk_segments(d.root)
+    assert {r["source"] for r in rows} == {"ffmpeg"}

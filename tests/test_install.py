@@ -4,7 +4,9 @@ the shipped example config and its peer-auth DSN; the operator wrapper deploy/bi
 
 install builds a real venv (pip install of this checkout, a few seconds per run): one first install
 is shared by every test that only reads it (``first_install``); tests that change a tree work on a
-copy of it (``copy_tree``). Nothing here touches the real system: no systemctl, no users, no apt.
+copy of it (``copy_tree``). The first install over a bad config runs in the background from the
+module's start (``bad_config_install``), beside the shared one. Nothing here touches the real system:
+no systemctl, no users, no apt.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import pytest
 import yaml
 from fixtures_pg import PgCluster
 from test_systemd import systemd_parsed
+from util import Background
 
 from recorderd import db
 from recorderd.config import load_config
@@ -43,9 +46,10 @@ JOURNALD = REPO / "systemd" / "journald-recorderd.conf"
 PEER_DSN = "postgresql:///recorderd?host=/run/postgresql"
 
 
-def run_install(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_install(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(SCRIPT), "--root", str(root), "--no-systemctl", *args], capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+                          text=True, timeout=600,
+                          env={**(os.environ if env is None else env), "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
 
 
 def mode(path: Path) -> int:
@@ -281,14 +285,32 @@ def test_upgrade_refused_by_the_new_code_changes_nothing(
     assert not (root / "opt/recorderd/venv.new").exists()
 
 
-@pytest.mark.timeout(900)
-def test_first_install_with_a_bad_config_installs_but_fails(tmp_path: Path) -> None:
-    """A config provisioned before the first install that does not load: there is no old version
-    to protect, so the code is installed; nothing is enabled and install exits 1."""
-    root = tmp_path / "root"
+@pytest.fixture(scope="module", autouse=True)
+def bad_config_install(
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Background[tuple[Path, subprocess.CompletedProcess[str]]]]:
+    """A config provisioned before the first install that does not load, and the install run over it,
+    started at the module's start (in a thread: pip leaves the box's second core mostly idle)."""
+    root = tmp_path_factory.mktemp("bad-config") / "root"
     (root / "etc/recorderd").mkdir(parents=True)
     (root / "etc/recorderd/cameras.yaml").write_text("storage: {}\ncameras: []\n")
-    proc = run_install(root)
+    env = dict(os.environ)  # the environment of now, whatever a test changes meanwhile
+
+    async def install() -> tuple[Path, subprocess.CompletedProcess[str]]:
+        return root, run_install(root, env=env)
+
+    bg = Background(install, "install over a bad config")
+    try:
+        yield bg
+    finally:
+        bg.cancel()
+
+
+@pytest.mark.timeout(900)
+def test_first_install_with_a_bad_config_installs_but_fails(
+        bad_config_install: Background[tuple[Path, subprocess.CompletedProcess[str]]]) -> None:
+    """A config provisioned before the first install that does not load: there is no old version
+    to protect, so the code is installed; nothing is enabled and install exits 1."""
+    root, proc = bad_config_install.wait(800)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "storage.root" in proc.stderr and "will not be enabled or started" in proc.stdout
     assert "next steps" in proc.stdout

@@ -64,7 +64,7 @@ def site(pg_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     cams = {"gate": TestCam(fps=10, gop=10, audio="aac"), "yard": TestCam(fps=10, gop=10),
             "shop": TestCam(fps=10, gop=10)}
     for cam in cams.values():
-        cam.start()
+        cam.start(timeout=30)  # once per module: a loaded box is given time
     port = free_port()
     root = tmp / "rec"
     cfg = write_api_config(tmp / "cameras.yaml", root, [

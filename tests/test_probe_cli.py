@@ -165,7 +165,7 @@ def test_bad_arguments_and_url_exit_2(capfd: pytest.CaptureFixture[str], tmp_pat
 def cam() -> Iterator[TestCam]:
     """H.264 with AAC behind a password, a keyframe every 0.5 s."""
     c = TestCam(fps=10, gop=5, audio="aac", user=USER, password=PASSWORD)
-    c.start()
+    c.start(timeout=30)  # once for the module: a loaded box is given time (10 s was once not enough)
     try:
         yield c
     finally:

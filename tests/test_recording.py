@@ -1,18 +1,26 @@
-"""One camera supervisor against a real RTSP camera and real FFmpeg, 2 s segments."""
+"""One camera supervisor against a real RTSP camera and real FFmpeg, 2 s segments.
+
+The killed camera, the hung camera and the two audio cameras only wait on the wall clock: each runs
+in the background from the module's start (``util.Background``: a thread and event loop of its own,
+a camera and camera id of its own) while the other tests run; their tests, last in the module, raise
+what it asserted.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from util import camera_doc, ffprobe, ffprobe_duration, make_config, wait_until
+from fixtures_cam import TestCam
+from util import Background, camera_doc, ffprobe, ffprobe_duration, make_config, wait_until
 
 from recorderd.events import SegmentEvent
 from recorderd.layout import parse_segment_path
@@ -25,11 +33,11 @@ pytestmark = pytest.mark.integration
 class Rig:
     """A supervisor running in the test's loop, with every event it emitted and every state seen."""
 
-    def __init__(self, root: Path, url: str, **cam: Any) -> None:
+    def __init__(self, root: Path, url: str, cam_id: str = "cam-1", **cam: Any) -> None:
         self.root = root
         self.events: list[SegmentEvent] = []
         self.states: list[tuple[float, str]] = []
-        config = make_config(root, [camera_doc("cam-1", url, **cam)])
+        config = make_config(root, [camera_doc(cam_id, url, **cam)])
         self.sup = CameraSupervisor(config.cameras[0], root, self.events.append, probe=probe_duration)
         self.task: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -110,43 +118,6 @@ async def test_segments_appear_on_schedule_and_are_readable(shared_cam, rig_fact
     assert abs(evs[-1].end - time.time()) < 5
 
 
-async def test_killed_camera_goes_unreachable_and_recording_resumes(testcam_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
-    cam = testcam_factory()
-    rig = rig_factory(cam.url)
-    await rig.start()
-    await wait_until(lambda: rig.ffmpeg_events(), 30, what="first segment")
-    cam.kill()
-    await wait_until(lambda: rig.sup.state == "unreachable", 30, what="unreachable state")
-    await asyncio.sleep(3)  # stays unreachable, retrying
-    assert rig.sup.state == "unreachable" and rig.sup.snapshot()["cause"] in ("refused", "dropped")
-    runs_before = {e.run_id for e in rig.events}
-    back = time.monotonic()
-    cam.restart()
-    await wait_until(lambda: rig.sup.state == "recording", 30, what="recording again")
-    recovered_in = time.monotonic() - back
-    await wait_until(lambda: {e.run_id for e in rig.ffmpeg_events()} - runs_before, 30, what="new run segments")
-    assert recovered_in < 10, recovered_in
-    new_run = [e for e in rig.ffmpeg_events() if e.run_id not in runs_before]
-    old_last = max(e.end for e in rig.events if e.run_id in runs_before)
-    assert new_run[0].start > old_last  # the outage is a visible gap, not an overlap
-    assert rig.sup.restarts >= 2
-
-
-async def test_hung_camera_is_detected_and_recovered(testcam_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
-    cam = testcam_factory()
-    rig = rig_factory(cam.url, stall_seconds=4, timeout_seconds=60)  # only the stall check can notice
-    await rig.start()
-    await wait_until(lambda: rig.sup.state == "recording", 30, what="recording")
-    cam.hang()
-    try:
-        await wait_until(lambda: any(s == "stalled" for _, s in rig.states), 30, what="stalled state")
-    finally:
-        cam.resume()
-    n = len(rig.ffmpeg_events())
-    await wait_until(lambda: len(rig.ffmpeg_events()) >= n + 2, 60, what="segments after SIGCONT")
-    assert rig.sup.state == "recording"
-
-
 async def test_killed_ffmpeg_is_restarted_and_cut_segment_is_readable(testcam_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
     cam = testcam_factory()
     rig = rig_factory(cam.url, segment_seconds=3600)  # the kill lands mid-segment
@@ -191,17 +162,6 @@ async def test_unreachable_camera_is_a_state_not_a_crash(rig_factory) -> None:  
     assert snap["hint"].startswith("nothing listens at the address in cameras[0].url")
 
 
-@pytest.mark.parametrize(("audio", "codec"), [("aac", "aac"), ("alaw", "aac")])
-async def test_audio_copied_or_transcoded(testcam_factory, rig_factory, audio: str, codec: str) -> None:  # type: ignore[no-untyped-def]
-    cam = testcam_factory(audio=audio)
-    rig = rig_factory(cam.url)
-    await rig.start()
-    await wait_until(lambda: len(rig.ffmpeg_events()) >= 2, 40, what="segments with audio")
-    await rig.stop()
-    streams = {s["codec_type"]: s["codec_name"] for s in ffprobe(rig.ffmpeg_events()[-1].path)["streams"]}
-    assert streams == {"video": "h264", "audio": codec}
-
-
 async def test_clock_behind_footage_never_overwrites(shared_cam, rig_factory) -> None:  # type: ignore[no-untyped-def]
     rig = rig_factory(shared_cam.url)
     # footage "from the future": what a wall clock stepped back (RTC ahead at boot) leaves behind
@@ -240,3 +200,116 @@ async def test_unwritable_storage_is_a_logged_backoff_not_a_crash(shared_cam, tm
     assert sup.state == "backoff" and not task.done() and events == []
     await sup.stop()
     await asyncio.wait_for(task, 10)
+
+
+# ---------------------------------------------------------------------- the background's bodies
+
+
+async def killed_camera_goes_unreachable_and_recording_resumes(cam: TestCam,
+                                                               rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory(cam.url, cam_id="killed-cam")
+    await rig.start()
+    await wait_until(lambda: rig.ffmpeg_events(), 30, what="first segment")
+    cam.kill()
+    await wait_until(lambda: rig.sup.state == "unreachable", 30, what="unreachable state")
+    await asyncio.sleep(3)  # stays unreachable, retrying
+    assert rig.sup.state == "unreachable" and rig.sup.snapshot()["cause"] in ("refused", "dropped")
+    runs_before = {e.run_id for e in rig.events}
+    back = time.monotonic()
+    cam.restart()
+    await wait_until(lambda: rig.sup.state == "recording", 30, what="recording again")
+    recovered_in = time.monotonic() - back
+    await wait_until(lambda: {e.run_id for e in rig.ffmpeg_events()} - runs_before, 30, what="new run segments")
+    assert recovered_in < 10, recovered_in
+    new_run = [e for e in rig.ffmpeg_events() if e.run_id not in runs_before]
+    old_last = max(e.end for e in rig.events if e.run_id in runs_before)
+    assert new_run[0].start > old_last  # the outage is a visible gap, not an overlap
+    assert rig.sup.restarts >= 2
+
+
+async def hung_camera_is_detected_and_recovered(cam: TestCam, rig_factory: Callable[..., Rig]) -> None:
+    # only the stall check can notice
+    rig = rig_factory(cam.url, cam_id="hung-cam", stall_seconds=4, timeout_seconds=60)
+    await rig.start()
+    await wait_until(lambda: rig.sup.state == "recording", 30, what="recording")
+    cam.hang()
+    try:
+        await wait_until(lambda: any(s == "stalled" for _, s in rig.states), 30, what="stalled state")
+    finally:
+        cam.resume()
+    n = len(rig.ffmpeg_events())
+    await wait_until(lambda: len(rig.ffmpeg_events()) >= n + 2, 60, what="segments after SIGCONT")
+    assert rig.sup.state == "recording"
+
+
+async def audio_copied_or_transcoded(cam: TestCam, rig_factory: Callable[..., Rig], *, codec: str) -> None:
+    rig = rig_factory(cam.url, cam_id=f"audio-{cam.audio}")
+    await rig.start()
+    await wait_until(lambda: len(rig.ffmpeg_events()) >= 2, 40, what="segments with audio")
+    await rig.stop()
+    streams = {s["codec_type"]: s["codec_name"] for s in ffprobe(rig.ffmpeg_events()[-1].path)["streams"]}
+    assert streams == {"video": "h264", "audio": codec}
+
+
+# ---------------------------------------------------------------------- run in the background
+
+AUDIO = [("aac", "aac"), ("alaw", "aac")]  # (the camera's audio, what the files hold)
+
+
+def rig_job(root: Path,
+            body: Callable[[Callable[..., Rig]], Awaitable[None]]) -> Callable[[], Coroutine[Any, Any, None]]:
+    """``body(rig_factory)`` with rigs under ``root``, each stopped afterwards (as ``rig_factory`` does)."""
+    async def run() -> None:
+        rigs: list[Rig] = []
+
+        def make(url: str, **cam: Any) -> Rig:
+            rig = Rig(root, url, **cam)
+            rigs.append(rig)
+            return rig
+
+        try:
+            await body(make)
+        finally:
+            for rig in rigs:
+                if rig.task and not rig.task.done():
+                    await rig.stop()
+    return run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def background(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Background[None]]]:
+    """Each started at the module's start with a camera of its own; cancelled at teardown if a test
+    did not wait for it."""
+    cams = {"killed": TestCam(), "hung": TestCam(), **{f"audio-{a}": TestCam(audio=a) for a, _ in AUDIO}}
+    bgs: dict[str, Background[None]] = {}
+    try:
+        for cam in cams.values():
+            cam.start(timeout=30)
+        root = {name: tmp_path_factory.mktemp(name) / "rec" for name in cams}
+        bgs["killed"] = Background(rig_job(root["killed"], lambda rigs: (
+            killed_camera_goes_unreachable_and_recording_resumes(cams["killed"], rigs))), "killed camera")
+        bgs["hung"] = Background(rig_job(root["hung"], lambda rigs: (
+            hung_camera_is_detected_and_recovered(cams["hung"], rigs))), "hung camera")
+        for audio, codec in AUDIO:
+            name = f"audio-{audio}"
+            bgs[name] = Background(rig_job(root[name], functools.partial(audio_copied_or_transcoded, cams[name],
+                                                                         codec=codec)), f"{audio} camera")
+        yield bgs
+    finally:
+        for b in bgs.values():
+            b.cancel()
+        for cam in cams.values():
+            cam.stop()
+
+
+async def test_killed_camera_goes_unreachable_and_recording_resumes(background: dict[str, Background[None]]) -> None:
+    await background["killed"].result(180)
+
+
+async def test_hung_camera_is_detected_and_recovered(background: dict[str, Background[None]]) -> None:
+    await background["hung"].result(180)
+
+
+@pytest.mark.parametrize(("audio", "codec"), AUDIO)
+async def test_audio_copied_or_transcoded(background: dict[str, Background[None]], audio: str, codec: str) -> None:
+    await background[f"audio-{audio}"].result(120)

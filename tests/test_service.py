@@ -1,4 +1,9 @@
-"""The daemon as a service: live reload camera by camera, /metrics, /healthz, sd_notify."""
+"""The daemon as a service: live reload camera by camera, /metrics, /healthz, sd_notify.
+
+The daemon without its database only waits on the wall clock: it runs in the background from the
+module's start (``util.Background``: a thread and event loop of its own, a camera of its own) while
+the live-reload test runs; its test, last in the module, raises what it asserted.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +20,9 @@ from typing import Any
 
 import pytest
 import yaml
-from fixtures_cam import free_port
+from fixtures_cam import TestCam, free_port
 from prometheus_client.parser import text_string_to_metric_families
-from util import DaemonProc, camera_doc, config_doc, fetch_segments, wait_until
+from util import Background, DaemonProc, camera_doc, config_doc, fetch_segments, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -159,12 +164,12 @@ async def test_live_reload_camera_by_camera(shared_cam, pg_dsn, tmp_path, notify
     assert "hunter2-pw" not in log_text and "hunter2-pw" not in str(scrape.__doc__)
 
 
-async def test_healthz_degraded_when_database_down(shared_cam, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def healthz_degraded_when_database_down(cam: TestCam, tmp_path: Path) -> None:
     port = free_port()
     root = tmp_path / "rec"
     cfg_path = tmp_path / "cameras.yaml"
     dead_db = f"postgresql://u:dbpass-xyz@127.0.0.1:{free_port()}/nope"
-    doc = config_doc(root, [camera_doc("cam-a", shared_cam.url)], database={"dsn": dead_db},
+    doc = config_doc(root, [camera_doc("cam-a", cam.url)], database={"dsn": dead_db},
                      metrics={"listen": f"127.0.0.1:{port}"})
     cfg_path.write_text(yaml.safe_dump(doc))
     d = DaemonProc(cfg_path, root, tmp_path / "daemon.log").start()
@@ -187,3 +192,20 @@ async def test_healthz_degraded_when_database_down(shared_cam, tmp_path) -> None
     finally:
         d.stop()
     assert "dbpass-xyz" not in d.log_path.read_text()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def without_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Background[None]]:
+    """``healthz_degraded_when_database_down``, started at the module's start on a camera of its own."""
+    cam = TestCam(fps=10, gop=10).start(timeout=30)
+    tmp = tmp_path_factory.mktemp("healthz")
+    bg = Background(lambda: healthz_degraded_when_database_down(cam, tmp), "daemon without its database")
+    try:
+        yield bg
+    finally:
+        bg.cancel()
+        cam.stop()
+
+
+async def test_healthz_degraded_when_database_down(without_database: Background[None]) -> None:
+    await without_database.result(120)

@@ -4,6 +4,10 @@ HLS over HTTP (MPEG-TS segments) and HTTPS (fMP4 segments), RTMP and RTSPS, each
 FFmpeg or GStreamer (``fixtures_sources``); one CameraSupervisor per test with 2 s segments, as in
 test_recording. Each source records segments that ffprobe reads as H.264 MP4, and each kind of
 failure FFmpeg meets at such a source names its state, cause and hint.
+
+The four recordings only wait on the wall clock (three closed segments each): they are recorded at
+once (``recordings``: each in a thread and event loop of its own, under a camera id of its own),
+started by the first of their tests; each test asserts on its own source's recording.
 """
 
 from __future__ import annotations
@@ -11,13 +15,13 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from fixtures_cam import TestCam, free_port
-from util import SupervisedCamera, wait_until
+from util import Background, SupervisedCamera, wait_until
 
 if TYPE_CHECKING:  # at run time pytest imports it as a plugin (conftest.py), asserts rewritten
     from fixtures_sources import HlsSource, RtmpServer
@@ -91,24 +95,55 @@ async def assert_trouble(rec: SupervisedCamera, state: str, cause: str, *, hint_
 # ---------------------------------------------------------------------- recording
 
 
-async def test_hls_over_http_records(hls_source: HlsSource, recorder: Callable[..., SupervisedCamera]) -> None:
-    hls_source.check()
-    await assert_records(recorder(hls_source.url("ts")), hls_source.writer.describe)
+@pytest.fixture(scope="module")
+def recordings(hls_source: HlsSource, rtmp_source: RtmpServer, rtsps_cam: TestCam,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Background[None]]]:
+    """``assert_records`` of each source, all four started now, each in the background."""
+    root = tmp_path_factory.mktemp("records")
+
+    def job(cam_id: str, url: str, describe: Callable[[], str],
+            before: Callable[[], None] = lambda: None) -> Callable[[], Coroutine[Any, Any, None]]:
+        async def run() -> None:
+            before()
+            rec = SupervisedCamera(root / cam_id, url, cam_id=cam_id).start()
+            try:
+                await assert_records(rec, describe)
+            finally:
+                if rec.task is not None and not rec.task.done():
+                    await rec.stop()
+        return run
+
+    jobs = {
+        "hls-http": job("hls-http", hls_source.url("ts"), hls_source.writer.describe, hls_source.check),
+        # fMP4 segments this time; a self-signed certificate, which FFmpeg does not verify by default
+        "hls-https": job("hls-https", hls_source.url("fmp4", tls=True), hls_source.writer.describe,
+                         hls_source.check),
+        "rtmp": job("rtmp", rtmp_source.url, rtmp_source.describe),
+        "rtsps": job("rtsps", rtsps_cam.url, lambda: rtsps_cam.stderr[-1500:]),
+    }
+    bgs = {name: Background(make, f"recording of {name}") for name, make in jobs.items()}
+    try:
+        yield bgs
+    finally:
+        for bg in bgs.values():
+            bg.cancel()
 
 
-async def test_hls_over_https_records(hls_source: HlsSource, recorder: Callable[..., SupervisedCamera]) -> None:
-    # fMP4 segments this time; a self-signed certificate, which FFmpeg does not verify by default
-    hls_source.check()
-    await assert_records(recorder(hls_source.url("fmp4", tls=True)), hls_source.writer.describe)
+async def test_hls_over_http_records(recordings: dict[str, Background[None]]) -> None:
+    await recordings["hls-http"].result(120)
 
 
-async def test_rtmp_records(rtmp_source: RtmpServer, recorder: Callable[..., SupervisedCamera]) -> None:
-    await assert_records(recorder(rtmp_source.url), rtmp_source.describe)
+async def test_hls_over_https_records(recordings: dict[str, Background[None]]) -> None:
+    await recordings["hls-https"].result(120)
 
 
-async def test_rtsps_records(rtsps_cam: TestCam, recorder: Callable[..., SupervisedCamera]) -> None:
+async def test_rtmp_records(recordings: dict[str, Background[None]]) -> None:
+    await recordings["rtmp"].result(120)
+
+
+async def test_rtsps_records(rtsps_cam: TestCam, recordings: dict[str, Background[None]]) -> None:
     assert rtsps_cam.url.startswith("rtsps://")
-    await assert_records(recorder(rtsps_cam.url), lambda: rtsps_cam.stderr[-1500:])
+    await recordings["rtsps"].result(120)
 
 
 # ---------------------------------------------------------------------- what goes wrong

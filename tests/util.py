@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import yaml
 
@@ -30,6 +32,78 @@ async def wait_until(pred: Callable[[], Any], timeout: float, step: float = 0.1,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or pred}")
         await asyncio.sleep(step)
+
+
+T = TypeVar("T")
+
+
+class Background(Generic[T]):
+    """A coroutine run to completion from now on, in a thread with an event loop of its own.
+
+    For the slow recordings that only wait on the wall clock: a module-scoped fixture starts one at the
+    module's start, the module's other tests run meanwhile, and the test that owns it awaits
+    ``result()`` and asserts on what it returns (an exception raised in the coroutine, a failed assert
+    included, is raised there with its traceback). Its own loop and thread: nothing a test does in its
+    loop (or blocking it) can delay the recording's timing. ``cancel()`` (fixture teardown) cancels it
+    if it still runs and joins the thread.
+    """
+
+    def __init__(self, make: Callable[[], Coroutine[Any, Any, T]], name: str) -> None:
+        self.name = name
+        self._future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._loop = asyncio.new_event_loop()
+        self._task: asyncio.Task[T] | None = None
+        self._thread = threading.Thread(target=self._run, args=(make,), name=f"background-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> None:
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        try:
+            self._task = loop.create_task(make())
+            result = loop.run_until_complete(self._task)
+        except BaseException as exc:
+            self._future.set_exception(exc)
+        else:
+            self._future.set_result(result)
+        finally:
+            try:  # what asyncio.run does after its main task
+                leftovers = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                for t in leftovers:
+                    t.cancel()
+                loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    async def result(self, timeout: float) -> T:
+        """What the coroutine returned (waiting up to ``timeout`` s more for it), or its exception."""
+        await wait_until(self._future.done, timeout, what=f"the background {self.name}")
+        return self._future.result()
+
+    def wait(self, timeout: float) -> T:
+        """``result()`` for a test without an event loop."""
+        try:
+            return self._future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise AssertionError(f"timed out after {timeout}s waiting for the background {self.name}") from None
+
+    def cancel(self) -> None:
+        if not self._future.done():
+            def cancel_task() -> None:
+                if self._task is not None:
+                    self._task.cancel()
+
+            try:
+                self._loop.call_soon_threadsafe(cancel_task)
+            except RuntimeError:  # the loop closed meanwhile: it has finished
+                pass
+        self._thread.join(60)
 
 
 def ffprobe(path: str | Path) -> dict[str, Any]:
@@ -193,13 +267,16 @@ def top_boxes(data: bytes) -> list[tuple[bytes, int, int]]:
 
 
 class SupervisedCamera:
-    """One ``CameraSupervisor`` ("cam-1") in the test's loop and every segment event it emitted;
-    ``start()``/``stop()``, or ``async with``."""
+    """One ``CameraSupervisor`` (``cam_id``, "cam-1" unless told) in the running loop and every segment
+    event it emitted; ``start()``/``stop()``, or ``async with``. Give each of the supervisors that run
+    at the same time an id of its own: the metrics are per process, labelled by camera id."""
 
-    def __init__(self, root: Path, url: str, *, memory: StreamMemory | None = None, **cam: Any) -> None:
+    def __init__(self, root: Path, url: str, *, memory: StreamMemory | None = None, cam_id: str = "cam-1",
+                 **cam: Any) -> None:
         self.root = root
+        self.cam_id = cam_id
         self.events: list[SegmentEvent] = []
-        config = make_config(root, [camera_doc("cam-1", url, **cam)])
+        config = make_config(root, [camera_doc(cam_id, url, **cam)])
         self.sup = CameraSupervisor(config.cameras[0], root, self.events.append, probe=probe_duration,
                                     memory=memory)
         self.task: asyncio.Task[None] | None = None
