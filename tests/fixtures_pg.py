@@ -289,6 +289,16 @@ class PgCluster:
             raise ValueError(f"unsafe database name {name!r}")
         self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
+    def drop_quietly(self, name: str) -> None:
+        """Teardown: drop a test's database, restarting the cluster first if a test left it stopped;
+        never raises (a leftover database only costs disk in the private cluster)."""
+        try:
+            if not self.is_running:
+                self.start()
+            self.drop_database(name)
+        except Exception:
+            pass
+
     def destroy(self) -> None:
         if self._destroyed:
             return
@@ -339,9 +349,4 @@ def pg_dsn(pg_cluster: PgCluster) -> Iterator[str]:
     name = f"t_{next(_db_counter)}"
     dsn = pg_cluster.create_database(name)
     yield dsn
-    try:
-        if not pg_cluster.is_running:
-            pg_cluster.start()
-        pg_cluster.drop_database(name)
-    except Exception:
-        pass
+    pg_cluster.drop_quietly(name)

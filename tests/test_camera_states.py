@@ -184,12 +184,7 @@ def background(pg_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
             d.stop()
         for cam in cams.values():
             cam.stop()
-        try:
-            if not pg_cluster.is_running:
-                pg_cluster.start()
-            pg_cluster.drop_database(db_name)
-        except Exception:
-            pass
+        pg_cluster.drop_quietly(db_name)
 
 
 async def test_each_trouble_names_itself_and_a_live_fix_records(background: dict[str, Background[None]]) -> None:

@@ -198,12 +198,7 @@ def thirty(pg_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             for d in t.daemons:
                 d.stop()
         cam.stop()
-        try:
-            if not pg_cluster.is_running:
-                pg_cluster.start()
-            pg_cluster.drop_database(name)
-        except Exception:
-            pass
+        pg_cluster.drop_quietly(name)
 
 
 async def test_thirty_seconds_every_file_one_row_durations_add_up(thirty: Thirty) -> None:
