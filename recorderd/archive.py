@@ -47,6 +47,7 @@ from recorderd.objectstore import ArchiveError, ObjectStore, VerifyError
 log = get_logger()
 BATCH = 64  # segments per pass (one intent and one switch UPDATE each)
 HOUR = 3600.0
+BACKLOG_EVERY = 10.0  # seconds between backlog counts while batches follow each other
 _DB_ERRORS = (DatabaseUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
@@ -163,6 +164,7 @@ class Archiver:
         self.passes = 0
         self.backlog: tuple[int, int, float] = (0, 0, 0.0)  # segments, bytes, oldest age (s)
         self.up: bool | None = None  # None: not asked yet
+        self._backlog_at = float("-inf")  # monotonic time of the last backlog count
 
     def update_config(self, config: Config, store: ObjectStore | None) -> None:
         self._config = config
@@ -214,9 +216,12 @@ class Archiver:
         done = await self._archive(rows) if rows else 0
         if not rows:
             await self._check_store()
-        async with self._db.acquire("archive") as conn:
-            b = await conn.fetchrow(queries.ARCHIVE_BACKLOG, ids, cuts, clips)
-        self._publish_backlog(b["segments"], b["bytes"], b["oldest"])
+        now = time.monotonic()
+        if not rows or now - self._backlog_at >= BACKLOG_EVERY:  # a count over the whole backlog:
+            self._backlog_at = now                                # not after every batch of a long drain
+            async with self._db.acquire("archive") as conn:
+                b = await conn.fetchrow(queries.ARCHIVE_BACKLOG, ids, cuts, clips)
+            self._publish_backlog(b["segments"], b["bytes"], b["oldest"])
         if rows and done == 0:  # the store refused the whole batch: back off
             return self._backoff.next_delay()
         return 0.0 if len(rows) == BATCH else self._idle()
