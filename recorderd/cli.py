@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--from", dest="from_", metavar="ISO8601", help="range start (UTC unless offset given)")
     s.add_argument("--to", metavar="ISO8601", help="range end (exclusive; a bare date means the end of that day)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    with_config("drain", "hand this node's cameras to the other nodes (make-before-break), then stop it")
     st = with_config("status", "per-camera live state from the running daemon and the index")
     st.add_argument("--json", action="store_true")
     sg = with_config("storage", "footage bytes per camera, tenant and plan, from the index")
@@ -156,6 +157,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     rlog.configure("warning", json=False)
     cfg = _load(args.config) if cmd == "migrate" else _load_for_query(args.config)
+    if cmd == "drain":
+        from recorderd.nodes import cmd_drain
+
+        return cmd_drain(cfg, sys.stdout, sys.stderr)
     from recorderd import report
 
     out = sys.stdout

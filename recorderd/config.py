@@ -12,6 +12,7 @@ import ipaddress
 import math
 import os
 import re
+import socket
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -165,6 +166,35 @@ class CompressionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """``node:``: this box among several sharing one index (recorderd.nodes). ``id`` and ``url`` may come
+    from ``RECORDERD_NODE_ID``/``RECORDERD_NODE_URL`` so every box can read the same cameras.yaml.
+
+    With a ``url`` the node is *clustered*: it records only the cameras it holds a lease on. Without one
+    it records every camera in the file, as a single box always did (and never waits on the database).
+    """
+
+    id: str
+    url: str | None = None  # http(s)://host:port of this node's API, as the other nodes reach it
+    max_cameras: int | None = None  # None: an even share, however many that is
+    lease_seconds: float = 8.0  # a holder that stops renewing loses its cameras after this long
+    drain_seconds: float = 120.0  # a drain gives up handing over after this long, then stops anyway
+
+    @property
+    def clustered(self) -> bool:
+        return self.url is not None
+
+    @property
+    def renew_seconds(self) -> float:
+        """The lease is renewed, and the cluster looked at, this often: fencing takes at most this long."""
+        return self.lease_seconds / 4
+
+
+def default_node_id() -> str:
+    return socket.gethostname().split(".")[0] or "recorderd"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     storage: StorageConfig
     plans: Mapping[str, Plan]
@@ -177,6 +207,7 @@ class Config:
     source: str = ""
     archive: ArchiveConfig | None = None
     compression: CompressionConfig = CompressionConfig("libx265", 28, "medium", 1, 0.5)
+    node: NodeConfig = field(default_factory=lambda: NodeConfig(default_node_id()))
     warnings: tuple[str, ...] = ()  # valid but worth telling the operator (deprecated keys, weak tokens)
 
     def camera(self, camera_id: str) -> Camera | None:
@@ -306,10 +337,12 @@ def _check_url(url: str, path: str, errs: _Errors) -> None:
 
 
 _TOP = {"storage", "defaults", "plans", "cameras", "database", "retention", "metrics", "http",
-        "shutdown_seconds", "archive", "compression"}
+        "shutdown_seconds", "archive", "compression", "node"}
 _ARCHIVE = {"url", "endpoint", "region", "credentials_file", "upload_limit_mbps", "concurrency", "clips",
             "interval_seconds"}
 _COMPRESSION = {"codec", "crf", "preset", "concurrency", "cpu_budget", "interval_seconds"}
+_NODE = {"id", "url", "max_cameras", "lease_seconds", "drain_seconds"}
+NODE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 COMPRESSION_CODECS = ("libx265", "libx264")
 # the presets x264 and x265 share (placebo left out: it buys nothing for surveillance footage)
 COMPRESSION_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
@@ -547,7 +580,7 @@ def _parse_http(top: Mapping[str, Any], errs: _Errors, warnings: list[str],
                       max_exports=max_exports if max_exports is not None else 2)
 
 
-def parse_config(data: Any, source: str = "") -> Config:
+def parse_config(data: Any, source: str = "", environ: Mapping[str, str] | None = None) -> Config:
     """Validate a parsed YAML document; raise ``ConfigError`` listing every problem."""
     errs = _Errors()
     top = _mapping(data, "", errs, _TOP)
@@ -717,6 +750,7 @@ def parse_config(data: Any, source: str = "") -> Config:
 
     archive = _parse_archive(top.get("archive"), errs)
     compression = _parse_compression(top.get("compression"), errs)
+    node = _parse_node(top.get("node"), errs, os.environ if environ is None else environ)
 
     shutdown = _number(top.get("shutdown_seconds", 8), "shutdown_seconds", errs, integer=False, positive=True,
                        maximum=SHUTDOWN_MAX_SECONDS)
@@ -740,6 +774,7 @@ def parse_config(data: Any, source: str = "") -> Config:
         warnings=tuple(warnings),
         archive=archive,
         compression=compression,
+        node=node,
     )
 
 
@@ -781,6 +816,35 @@ def _parse_archive(value: Any, errs: _Errors) -> ArchiveConfig | None:
                          region=region, credentials_file=Path(cred_path) if cred_path else None,
                          upload_limit_mbps=None if limit is None else float(limit), concurrency=int(conc),
                          clips=bool(clips), interval_seconds=float(interval))
+
+
+def _parse_node(value: Any, errs: _Errors, environ: Mapping[str, str]) -> NodeConfig:
+    """The environment wins over the file: one cameras.yaml, a different node on every box."""
+    n = _mapping(value, "node", errs, _NODE) if value is not None else {}
+    node_id: Any = environ.get("RECORDERD_NODE_ID") or n.get("id") or default_node_id()
+    where = "RECORDERD_NODE_ID" if environ.get("RECORDERD_NODE_ID") else "node.id"
+    if not isinstance(node_id, str) or not NODE_ID_RE.match(node_id):
+        errs.add(where, f"must be 1-63 letters, digits, '_', '.' or '-', got {node_id!r}")
+        node_id = default_node_id()
+    url: Any = environ.get("RECORDERD_NODE_URL") or n.get("url")
+    where = "RECORDERD_NODE_URL" if environ.get("RECORDERD_NODE_URL") else "node.url"
+    if url is not None:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or "@" in url \
+                or parts.query or parts.fragment:
+            errs.add(where, f"must be the node's http(s)://host:port API address, got {mask_url(str(url))!r}")
+            url = None
+        else:
+            url = url.rstrip("/")
+    cap = n.get("max_cameras")
+    cap = None if cap is None else _number(cap, "node.max_cameras", errs, integer=True, minimum=0,
+                                           maximum=100_000)
+    lease = _number(n.get("lease_seconds", 8), "node.lease_seconds", errs, integer=False, minimum=2, maximum=300)
+    drain = _number(n.get("drain_seconds", 120), "node.drain_seconds", errs, integer=False, positive=True,
+                    maximum=3600)
+    return NodeConfig(id=node_id, url=url, max_cameras=None if cap is None else int(cap),
+                      lease_seconds=float(lease if lease is not None else 8),
+                      drain_seconds=float(drain if drain is not None else 120))
 
 
 def _parse_compression(value: Any, errs: _Errors) -> CompressionConfig:

@@ -1,8 +1,8 @@
 """The composition root: builds the parts, runs them as named tasks, reloads, drains on a signal.
 
 Signal handlers only set events. Cameras start before the database is reached: recording never
-waits on it. If a core task (indexer, sweeper) dies the daemon stops its cameras cleanly and exits
-non-zero so systemd restarts it.
+waits on it (a clustered node records what its leases give it: ``recorderd.nodes``). If a core task
+(indexer, sweeper) dies the daemon stops its cameras cleanly and exits non-zero so systemd restarts it.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from recorderd.indexer import Indexer
 from recorderd.lastgood import Fallback, LastGood, load_or_fallback
 from recorderd.logging import get_logger, register_secrets
 from recorderd.masking import secrets_of
+from recorderd.nodes import LeaseKeeper
 from recorderd.probe import probe_duration
 from recorderd.process import SpawnPacer
 from recorderd.progress import ProgressPoller
@@ -66,11 +67,12 @@ class Daemon:
         self.core_tasks: list[asyncio.Task[Any]] = []
         self.stop_event = asyncio.Event()
         self.reload_event = asyncio.Event()
+        self.drain_event = asyncio.Event()
         self.signals_seen = 0
         self.exit_code = 0
         # 3 connections for the API at most (recorderd.api.cameras.API_QUERIES): the indexer and the
         # sweeper always find one free
-        self.db = Database(config.database_dsn(), pool_max=6)
+        self.db = Database(config.database_dsn(), pool_max=7, node=config.node.id)  # +1: lease renewals
         self.clock = WallClock()
         self.poller = ProgressPoller()
         self.pacer = SpawnPacer()
@@ -91,6 +93,11 @@ class Daemon:
         self.archiver = Archiver(config, self.db, self.archive_store, marker=lambda: MARKER_REL,
                                  storage_ok=lambda: self.volume.state == "ok", busy=self.current_files)
         self.compression = CompressionJobs(lambda: self.config, self.db, ffmpeg_bin=ffmpeg_bin)
+        self.keeper = LeaseKeeper(config.node, self.db, cameras=lambda: [c.id for c in self.config.enabled_cameras],
+                                  states=lambda: {c: s.state for c, s in self.supervisors.items()},
+                                  on_change=self._leases_changed) if config.node.clustered else None
+        self._lease_sync: asyncio.Task[None] | None = None
+        self._lease_again = False
         self.http: HttpServer | None = None
         self._once: asyncio.Task[None] | None = None  # one-off start-up work (not a core task)
 
@@ -105,8 +112,35 @@ class Daemon:
         sup = self.supervisors.get(camera_id)
         return sup.open_file() if sup is not None else None
 
+    def records(self, cam: Camera) -> bool:
+        """Whether this node records ``cam``: every camera of the file, or (clustered) those it holds."""
+        return self.keeper is None or (cam.enabled and cam.id in self.keeper.wanted())
+
+    def _leases_changed(self) -> None:
+        if self._lease_sync is not None and not self._lease_sync.done():
+            self._lease_again = True  # one more pass once the running one ends
+            return
+        self._lease_sync = asyncio.create_task(self._sync_cameras(), name="lease-sync")
+
+    async def _sync_cameras(self) -> None:
+        """Start the cameras the leases give this node; stop those another node holds now."""
+        while True:
+            self._lease_again = False
+            gone = [cid for cid, sup in self.supervisors.items() if not self.records(sup.camera)]
+            if gone:
+                await asyncio.gather(*(self._stop_camera(cid, min(6.0, self.config.shutdown_seconds))
+                                       for cid in gone))
+                for cid in gone:
+                    if cid not in self.supervisors:
+                        forget_camera(cid)  # /metrics tells of the cameras this node records
+            for cam in self.config.cameras:
+                if cam.id not in self.supervisors and self.records(cam):
+                    self._start_camera(cam)
+            if not self._lease_again or self.stop_event.is_set():
+                return
+
     def _start_camera(self, cam: Camera) -> None:
-        if self.stop_event.is_set():
+        if self.stop_event.is_set() or not self.records(cam):
             return
         sup = CameraSupervisor(cam, self.config.storage.root, self.ledger.submit,
                                ffmpeg_bin=self.ffmpeg_bin, probe=probe_duration, clock=self.clock,
@@ -150,7 +184,8 @@ class Daemon:
         old = self.config
         for key, label in ((old.storage.root != new.storage.root, "storage.root"),
                            (old.database_dsn() != new.database_dsn(), "database.dsn"),
-                           (old.http.listen != new.http.listen, "http.listen")):
+                           (old.http.listen != new.http.listen, "http.listen"),
+                           (old.node.id != new.node.id, "node.id"), (old.node.url != new.node.url, "node.url")):
             if key:
                 log.warning("config_needs_restart", key=label, note="kept the running value until restart")
         new = _keep_fixed(new, old)
@@ -176,6 +211,8 @@ class Daemon:
             self.archive_store = build_store(new)
         self.archiver.update_config(new, self.archive_store)
         self.compression.update_config(new)
+        if self.keeper is not None:
+            self.keeper.update_config(new.node)
         metrics.CONFIG_RELOADS.labels("success").inc()
         metrics.CONFIG_LAST_RELOAD_OK.set(1)
         fallback_ended = self.fallback is not None
@@ -214,6 +251,8 @@ class Daemon:
                 "path": self.fallback.path, "saved_at": self.fallback.saved_at},
             "cameras": [s.snapshot() for s in self.supervisors.values()],
             "archive": self.archiver.snapshot(),
+            "node": self.keeper.snapshot() if self.keeper is not None else {
+                "id": self.config.node.id, "url": None, "clustered": False, "draining": False},
         }
 
     def camera_usage(self) -> Mapping[str, CameraUsage]:
@@ -291,6 +330,32 @@ class Daemon:
 
     # ------------------------------------------------------------------ lifecycle
 
+    async def _drain(self) -> None:
+        """SIGUSR1 (``recorderd drain``): hand every camera over make-before-break, then stop."""
+        await self.drain_event.wait()
+        keeper = self.keeper
+        if keeper is None:
+            log.warning("drain_standalone", note="no other node to hand cameras to: stopping now")
+            self.stop_event.set()
+            await asyncio.Event().wait()
+            return
+        keeper.drain()
+        deadline = time.monotonic() + self.config.node.drain_seconds
+        while keeper.wanted() and time.monotonic() < deadline:
+            await asyncio.sleep(0.25)
+            peers = keeper.view.peers.values()
+            if keeper.view.at and keeper.up and not any(p.alive and not p.draining and p.id != keeper.me
+                                                        for p in peers):
+                log.warning("drain_no_peers", node=keeper.me, cameras=sorted(keeper.wanted()))
+                break
+        if keeper.wanted():
+            log.warning("drain_incomplete", node=keeper.me, cameras=sorted(keeper.wanted()),
+                        seconds=self.config.node.drain_seconds)
+        else:
+            log.info("drain_done", node=keeper.me)
+        self.stop_event.set()
+        await asyncio.Event().wait()  # a core task that ended would read as a failure; the stop cancels it
+
     def _on_signal(self, signame: str) -> None:
         self.signals_seen += 1
         if self.signals_seen == 1:
@@ -323,6 +388,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig.name)
         loop.add_signal_handler(signal.SIGHUP, self.reload_event.set)
+        loop.add_signal_handler(signal.SIGUSR1, self.drain_event.set)
         cfg = self.config
         cfg.storage.root.mkdir(parents=True, exist_ok=True)
         metrics.BUILD_INFO.info({"version": __version__})
@@ -338,7 +404,10 @@ class Daemon:
         self._once = asyncio.create_task(self._recover_clips(), name="clips-recover")
         await self._volume_grace()
         for cam in cfg.cameras:  # a disabled camera gets an idle supervisor: status shows it
-            self._start_camera(cam)
+            self._start_camera(cam)  # clustered: none yet, the leases say which
+        if self.keeper is not None:
+            self._core(self.keeper.run(), "leases")
+        self._core(self._drain(), "drain")
         self._core(self.sweeper.run(), "sweeper")
         self._core(self.archiver.run(), "archiver")
         self._core(self._compress(), "compress")
@@ -391,9 +460,14 @@ class Daemon:
         self.stop_event.set()
         budget = self.config.shutdown_seconds
         deadline = time.monotonic() + budget
-        for task in self.core_tasks:  # reload/watch first: nothing may start cameras now
-            if task.get_name() in ("reload", "config-watch"):
+        for task in self.core_tasks:  # reload/watch/leases first: nothing may start cameras now
+            if task.get_name() in ("reload", "config-watch", "leases"):
                 task.cancel()
+        if self._lease_sync is not None:
+            self._lease_sync.cancel()
+        if self.keeper is not None:  # the others take the cameras now, not when the leases expire
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.keeper.release(), min(2.0, budget * 0.2))
         await asyncio.gather(*(self._stop_camera(cid, budget * 0.7) for cid in list(self.supervisors)))
         left = deadline - time.monotonic()
         try:
@@ -422,7 +496,8 @@ def _keep_fixed(new: Config, old: Config) -> Config:
     storage = replace(new.storage, root=old.storage.root, status_file=old.storage.status_file)
     # the listener stays; its tokens, and everything the API reads, follow the new config at once
     return replace(new, storage=storage, database=replace(new.database, dsn=old.database.dsn),
-                   metrics=old.metrics, http=replace(new.http, listen=old.http.listen))
+                   metrics=old.metrics, http=replace(new.http, listen=old.http.listen),
+                   node=replace(new.node, id=old.node.id, url=old.node.url))
 
 
 def run(config_path: Path, *, ffmpeg_bin: str = "ffmpeg", state_dir: Path | None = None) -> int:

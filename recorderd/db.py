@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 import asyncpg
 
 from recorderd import metrics
+from recorderd.config import default_node_id
 from recorderd.logging import get_logger
 
 log = get_logger(component="db")
@@ -155,11 +156,18 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
 
 
 
-async def connect(dsn: str | None, timeout: float = CONNECT_TIMEOUT) -> asyncpg.Connection:
+def session_settings(node: str | None) -> dict[str, str]:
+    """Every recorderd connection names its node: rows it writes default to it, and the statements about
+    its own disk select ``node = current_setting('recorderd.node')`` (sql/migrations/0005_nodes.sql)."""
+    return {"application_name": "recorderd", "recorderd.node": node or default_node_id()}
+
+
+async def connect(dsn: str | None, timeout: float = CONNECT_TIMEOUT, *,
+                  node: str | None = None) -> asyncpg.Connection:
     """One plain connection (CLI, migrate); ``DatabaseUnavailable`` names host:port, not the password."""
     try:
         return await asyncpg.connect(dsn, timeout=timeout, command_timeout=COMMAND_TIMEOUT,
-                                     server_settings={"application_name": "recorderd"})
+                                     server_settings=session_settings(node))
     except Exception as exc:
         if is_connection_error(exc) or is_timeout(exc) or isinstance(exc, asyncpg.PostgresError | ValueError):
             raise DatabaseUnavailable(
@@ -167,9 +175,9 @@ async def connect(dsn: str | None, timeout: float = CONNECT_TIMEOUT) -> asyncpg.
         raise
 
 
-async def migrate(dsn: str | None) -> list[str]:
+async def migrate(dsn: str | None, *, node: str | None = None) -> list[str]:
     """``recorderd migrate``: apply pending migrations, return the names applied (empty if none)."""
-    conn = await connect(dsn)
+    conn = await connect(dsn, node=node)
     try:
         return await apply_migrations(conn)
     finally:
@@ -194,8 +202,10 @@ class Database:
     """
 
     def __init__(self, dsn: str | None, *, pool_max: int = 4, run_migrations: bool = True,
-                 command_timeout: float = COMMAND_TIMEOUT, acquire_timeout: float = CONNECT_TIMEOUT) -> None:
+                 command_timeout: float = COMMAND_TIMEOUT, acquire_timeout: float = CONNECT_TIMEOUT,
+                 node: str | None = None) -> None:
         self._dsn = dsn
+        self.node = node or default_node_id()
         self._pool_max = pool_max
         self._run_migrations = run_migrations
         self._command_timeout = command_timeout
@@ -233,7 +243,7 @@ class Database:
                 pool = await asyncpg.create_pool(
                     self._dsn, min_size=1, max_size=self._pool_max, timeout=CONNECT_TIMEOUT,
                     command_timeout=self._command_timeout, max_inactive_connection_lifetime=300,
-                    server_settings={"application_name": "recorderd"})
+                    server_settings=session_settings(self.node))
             except Exception as exc:
                 self._set_down(_reason(exc))
                 raise DatabaseUnavailable(f"cannot connect to {self.where}: {_reason(exc)}") from None

@@ -484,7 +484,7 @@ async def cli_connect(config: Config, err: TextIO) -> asyncpg.Connection | int:
     from recorderd.db import DatabaseUnavailable, connect
 
     try:
-        return await connect(config.database_dsn())
+        return await connect(config.database_dsn(), node=config.node.id)
     except DatabaseUnavailable as exc:
         return cli_fail(err, str(exc))
 

@@ -85,7 +85,7 @@ class Indexer:
         # False while the storage volume is not known to be there: reconcile then deletes no rows
         self.storage_ok: Callable[[], bool] = storage_ok or _storage_always_ok
         self._owns_database = database is None  # a shared Database is closed by its owner
-        self.database = database if database is not None else Database(config.database_dsn())
+        self.database = database if database is not None else Database(config.database_dsn(), node=config.node.id)
         self._watch = watch
         self._probe = probe
         self._pending: OrderedDict[str, SegmentEvent] = OrderedDict()

@@ -204,3 +204,23 @@ COMPRESS_SAVED_BYTES = Counter("recorderd_compress_saved_bytes_total",
                                "Bytes freed by replacing segments with their smaller re-encodes")
 COMPRESS_JOBS = Counter("recorderd_compress_jobs_total", "Compression jobs finished, by outcome",
                         ["outcome"])  # compressed | already | not_smaller | failed
+
+
+# ---- several nodes, one index (recorderd/nodes.py)
+NODE_CLUSTERED = Gauge("recorderd_node_clustered", "1 when this node shares cameras with others by leases")
+NODE_CAMERAS = Gauge("recorderd_node_cameras", "Cameras this node holds a lease on (held) or is taking over "
+                     "(incoming: recording before the lease is its own)", ["kind"])
+NODE_PEERS = Gauge("recorderd_node_peers", "Live nodes in the cluster, this one included, by the last look")
+NODE_UNASSIGNED = Gauge("recorderd_cluster_cameras_unassigned",
+                        "Enabled cameras no live lease holds, by this node's last look")
+NODE_DRAINING = Gauge("recorderd_node_draining", "1 while this node hands its cameras over before it stops")
+NODE_UP = Gauge("recorderd_node_leases_up", "1 while lease renewals reach PostgreSQL")
+NODE_LEASE_QUERIES = Counter("recorderd_node_lease_queries_total",
+                             "Statements the lease keeper sent to PostgreSQL (renewals, reads, claims)")
+NODE_LEASES_LOST = Counter("recorderd_node_leases_lost_total",
+                           "Cameras stopped because another node holds their lease now (fencing)")
+NODE_HANDOVERS = Counter("recorderd_node_handovers_total",
+                         "Cameras moved by make-before-break, by direction (in: taken over; requested)",
+                         ["direction"])  # in | requested | abandoned
+NODE_ACQUIRED = Counter("recorderd_node_leases_acquired_total",
+                        "Free or expired leases this node took")

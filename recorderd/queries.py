@@ -3,6 +3,10 @@ can be read side by side (the schema itself is in ``sql/migrations``)."""
 
 from __future__ import annotations
 
+# The rows on this node's own disk (or in the store by this node's hand): every connection carries its
+# node id (db.session_settings); rows default to it on insert.
+MINE = "node = current_setting('recorderd.node')"
+
 # One round trip per batch, whatever its size: arrays in, one row per written segment out.
 # A row is only replaced by a better source (events.SOURCE_RANK), so re-indexing is idempotent.
 UPSERT_SEGMENTS = """
@@ -10,7 +14,7 @@ INSERT INTO segments AS s
     (camera_id, start_time, end_time, duration_seconds, size_bytes, path, run_id, seq, source, source_rank)
 SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::float8[], $5::int8[],
                      $6::text[], $7::uuid[], $8::int4[], $9::text[], $10::int2[])
-ON CONFLICT (path) DO UPDATE SET
+ON CONFLICT (node, path) DO UPDATE SET
     camera_id = EXCLUDED.camera_id, start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time,
     duration_seconds = EXCLUDED.duration_seconds, size_bytes = EXCLUDED.size_bytes,
     run_id = EXCLUDED.run_id, seq = EXCLUDED.seq, source = EXCLUDED.source,
@@ -53,12 +57,13 @@ SELECT id FROM c WHERE id IS NOT NULL
 # the second column is "not this file's business": retention is deleting it, or its bytes are archived
 # (a local file of an archived row is one the archiver has yet to remove, not an orphan)
 CAMERA_PATHS = ("SELECT path, deleting OR object_url IS NOT NULL, protected FROM segments"
-                " WHERE camera_id = $1")
+                f" WHERE camera_id = $1 AND {MINE}")
 
 # Rows of files reconcile cannot find. Never a protected one (a clip): its file may be on a disk that
 # is away for now, and a deleted row would come back unprotected with the file.
-DELETE_MISSING = """
+DELETE_MISSING = f"""
 DELETE FROM segments WHERE path = ANY($1::text[]) AND NOT deleting AND NOT protected AND object_url IS NULL
+  AND {MINE}
 """
 
 # After a wall-clock step: shift segments stamped before it, run by run up to a seq. $4 marks the rows
@@ -74,7 +79,7 @@ FROM unnest($1::uuid[], $2::int4[]) AS r(run_id, max_seq)
 WHERE s.run_id = r.run_id AND s.seq <= r.max_seq AND s.indexed_at IS DISTINCT FROM $4
 """
 
-EXISTING_PATHS = "SELECT path FROM segments WHERE path = ANY($1::text[])"
+EXISTING_PATHS = f"SELECT path FROM segments WHERE path = ANY($1::text[]) AND {MINE}"
 
 _SEGMENT_COLUMNS = """id, camera_id, start_time, end_time, duration_seconds, size_bytes, path, source,
        run_id, seq, object_url"""
@@ -163,18 +168,19 @@ UPDATE clips SET status = 'deleting' WHERE id = $1 AND status IN ('pending', 'de
 """
 
 # reservations past their deadline: their creator died; $1 one camera or NULL for all
-CLIP_CLAIM_STALE = """
+CLIP_CLAIM_STALE = f"""
 UPDATE clips SET status = 'deleting'
-WHERE status = 'pending' AND pending_until < now() AND ($1::text IS NULL OR camera_id = $1)
+WHERE {MINE} AND status = 'pending' AND pending_until < now() AND ($1::text IS NULL OR camera_id = $1)
 """
 
-CLIP_DELETING = """
-SELECT id, camera_id FROM clips WHERE status = 'deleting' AND ($1::text IS NULL OR camera_id = $1) ORDER BY id
+CLIP_DELETING = f"""
+SELECT id, camera_id FROM clips
+WHERE {MINE} AND status = 'deleting' AND ($1::text IS NULL OR camera_id = $1) ORDER BY id
 """
 
 CLIP_DROP = "DELETE FROM clips WHERE id = ANY($1::bigint[]) AND status = 'deleting'"
 
-CLIP_PENDING_IDS = "SELECT id FROM clips WHERE status = 'pending'"
+CLIP_PENDING_IDS = f"SELECT id FROM clips WHERE status = 'pending' AND {MINE}"
 
 CLIP_MARK_DELETE = f"""
 UPDATE clips SET status = 'deleting' WHERE id = $1 AND status = 'ready' AND {_CLIP_TENANT.format(n=2)}
@@ -206,9 +212,9 @@ FROM clips WHERE status = 'ready' GROUP BY camera_id ORDER BY camera_id
 
 # --------------------------------------------------------------------------- archive (recorderd/archive.py)
 # $1 camera ids, $2 their cutoffs (footage ending before is due), $3 archive protected footage too
-_ARCHIVE_DUE = """
+_ARCHIVE_DUE = f"""
 FROM segments s JOIN unnest($1::text[], $2::timestamptz[]) AS c(id, cutoff) ON s.camera_id = c.id
-WHERE s.object_url IS NULL AND NOT s.deleting AND s.end_time < c.cutoff AND (NOT s.protected OR $3)"""
+WHERE s.{MINE} AND s.object_url IS NULL AND NOT s.deleting AND s.end_time < c.cutoff AND (NOT s.protected OR $3)"""
 
 ARCHIVE_CANDIDATES = f"""
 SELECT s.id, s.camera_id, s.path, s.size_bytes, s.end_time {_ARCHIVE_DUE}
@@ -236,9 +242,9 @@ RETURNING s.id"""
 ARCHIVE_SETTLED = "UPDATE segments SET upload_url = NULL WHERE id = ANY($1::bigint[]) AND object_url IS NOT NULL"
 
 # switched rows whose local file may still be there (a crash between steps 3 and 4)
-ARCHIVE_UNSETTLED = """
+ARCHIVE_UNSETTLED = f"""
 SELECT id, camera_id, path FROM segments
-WHERE upload_url IS NOT NULL AND object_url IS NOT NULL AND NOT deleting AND id > $1
+WHERE {MINE} AND upload_url IS NOT NULL AND object_url IS NOT NULL AND NOT deleting AND id > $1
 ORDER BY id LIMIT $2"""
 
 # where a row's bytes are, for the readers (playlist, media, export, clips)
@@ -247,9 +253,9 @@ SEGMENT_LOCATION = "SELECT path, object_url, size_bytes FROM segments WHERE id =
 # --------------------------------------------------------------------------- compression (recorderd/compressjobs.py)
 # $1 camera ids, $2 their cutoffs. Local footage only, and none an upload has begun on: the archive
 # keeps the bytes it verified.
-_COMPRESS_DUE = """
+_COMPRESS_DUE = f"""
 FROM segments s JOIN unnest($1::text[], $2::timestamptz[]) AS c(id, cutoff) ON s.camera_id = c.id
-WHERE s.compressed_at IS NULL AND s.object_url IS NULL AND s.upload_url IS NULL AND NOT s.deleting
+WHERE s.{MINE} AND s.compressed_at IS NULL AND s.object_url IS NULL AND s.upload_url IS NULL AND NOT s.deleting
   AND s.end_time < c.cutoff"""
 
 COMPRESS_CANDIDATES = f"""

@@ -152,7 +152,7 @@ async def cmd_search(config: Config, camera_id: str, from_s: str | None, to_s: s
         return _fail(err, f"--from {from_s} ({iso(start)}) must be before --to {to_s} ({iso(end)}, "
                           "exclusive; a bare date means the end of that day)")
     try:
-        conn = await connect(config.database_dsn())
+        conn = await connect(config.database_dsn(), node=config.node.id)
     except DatabaseUnavailable as exc:
         return _fail(err, str(exc))
     try:
@@ -187,7 +187,7 @@ async def cmd_search(config: Config, camera_id: str, from_s: str | None, to_s: s
 
 
 async def _camera_totals(config: Config) -> dict[str, dict[str, Any]]:
-    conn = await connect(config.database_dsn())
+    conn = await connect(config.database_dsn(), node=config.node.id)
     try:
         rows = await conn.fetch(queries.CAMERA_TOTALS)
     except asyncpg.UndefinedTableError:
@@ -467,7 +467,7 @@ async def cmd_storage(config: Config, as_json: bool, out: TextIO, err: TextIO | 
     today = datetime.fromtimestamp(now, UTC).date()
     since = datetime(today.year, today.month, today.day, tzinfo=UTC) - timedelta(days=days)
     try:
-        conn = await connect(config.database_dsn())
+        conn = await connect(config.database_dsn(), node=config.node.id)
     except DatabaseUnavailable as exc:
         return _fail(err, str(exc))
     try:
@@ -705,7 +705,7 @@ def _keeps_text(c: dict[str, Any]) -> str:
 async def cmd_migrate(config: Config, out: TextIO, err: TextIO | None = None) -> int:
     err = err or sys.stderr
     try:
-        applied = await migrate(config.database_dsn())
+        applied = await migrate(config.database_dsn(), node=config.node.id)
     except DatabaseUnavailable as exc:
         return _fail(err, str(exc))
     out.write(f"applied: {', '.join(applied)}\n" if applied else "schema is up to date\n")

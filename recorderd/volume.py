@@ -40,6 +40,7 @@ from recorderd.db import DatabaseUnavailable, is_connection_error
 from recorderd.layout import STATE_DIR, iso
 from recorderd.logging import get_logger
 from recorderd.metrics import STORAGE_MISSING
+from recorderd.queries import MINE
 
 log = get_logger()
 
@@ -52,11 +53,11 @@ SAMPLE_ROWS = 50  # newest indexed files looked for on disk
 DB_TIMEOUT = 30.0  # per query; a one-off full scan of the segments table on a marker-less start
 
 # Both spellings of the root: rows may have been written through a symlinked root or its target.
-# Archived rows (object_url set) have no local file to look for.
+# Archived rows (object_url set) have no local file to look for; another node's rows are on its disk.
 _COUNT_SQL = ("SELECT count(*) FROM segments WHERE (starts_with(path, $1) OR starts_with(path, $2))"
-              " AND object_url IS NULL")
+              f" AND object_url IS NULL AND {MINE}")
 _SAMPLE_SQL = ("SELECT path FROM segments WHERE (starts_with(path, $1) OR starts_with(path, $2))"
-               " AND object_url IS NULL ORDER BY end_time DESC LIMIT $3")
+               f" AND object_url IS NULL AND {MINE} ORDER BY end_time DESC LIMIT $3")
 _DB_ERRORS = (DatabaseUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError,
               asyncpg.exceptions.InternalClientError, OSError, TimeoutError)
 

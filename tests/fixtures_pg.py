@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from recorderd.config import default_node_id
+
 from recorderd.statusfile import pid_alive
 
 TEST_USER = "recorderd-test"
@@ -260,7 +262,9 @@ class PgCluster:
             return True
 
     def dsn(self, dbname: str = "postgres") -> str:
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{dbname}"
+        # raw test connections name the default node, as every recorderd connection does
+        # (db.session_settings): rows they insert are the local daemon's
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{dbname}?recorderd.node={default_node_id()}"
 
     def psql(self, sql: str, dbname: str = "postgres", timeout: float = 30) -> str:
         """Run SQL with the ``psql`` binary (client side: runs as the current user); return stdout."""

@@ -32,6 +32,7 @@ EXPECTED_SEGMENTS = {
     "fragments": ("bytea", "YES"),
     "compressed_at": ("timestamp with time zone", "YES"),
     "upload_url": ("text", "YES"),
+    "node": ("text", "NO"),
 }
 EXPECTED_CAMERAS = {
     "id": ("text", "NO"),
@@ -46,7 +47,8 @@ EXPECTED_CAMERAS = {
 }
 EXPECTED_SEGMENT_INDEXES = {
     "segments_pkey": "(id)",
-    "segments_path_key": "(path)",
+    "segments_node_path": "(node, path)",
+    "segments_node_camera": "(node, camera_id, start_time)",
     "segments_camera_start": "(camera_id, start_time)",
     "segments_camera_duration": "(camera_id, duration_seconds)",
     "segments_sweep": "(end_time) WHERE (NOT protected)",
@@ -76,7 +78,7 @@ async def test_migrations_give_expected_schema(pg_dsn: str) -> None:
         assert set(idx) == set(EXPECTED_SEGMENT_INDEXES)
         for name, tail in EXPECTED_SEGMENT_INDEXES.items():
             assert idx[name].endswith(tail), idx[name]
-        assert "UNIQUE" in idx["segments_path_key"]
+        assert "UNIQUE" in idx["segments_node_path"]
         applied = [r[0] for r in await conn.fetch("SELECT name FROM schema_migrations ORDER BY name")]
         assert applied == names
     finally:
