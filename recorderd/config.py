@@ -830,8 +830,12 @@ def _parse_node(value: Any, errs: _Errors, environ: Mapping[str, str]) -> NodeCo
     where = "RECORDERD_NODE_URL" if environ.get("RECORDERD_NODE_URL") else "node.url"
     if url is not None:
         parts = urlsplit(url) if isinstance(url, str) else None
+        try:
+            port = parts.port if parts is not None else None  # ValueError: not a port number
+        except ValueError:
+            parts = None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or "@" in url \
-                or parts.query or parts.fragment:
+                or parts.query or parts.fragment or any(ch.isspace() for ch in url) or port == 0:
             errs.add(where, f"must be the node's http(s)://host:port API address, got {mask_url(str(url))!r}")
             url = None
         else:

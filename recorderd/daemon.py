@@ -255,6 +255,16 @@ class Daemon:
                 "id": self.config.node.id, "url": None, "clustered": False, "draining": False},
         }
 
+    def recorded_by(self, camera_id: str) -> tuple[str | None, str | None]:
+        """(node, state): this node with its supervisor's state, or the node a lease names and the state it
+        last reported; (None, None) for a clustered camera nobody records now."""
+        sup = self.supervisors.get(camera_id)
+        if sup is not None:
+            return self.config.node.id, sup.state
+        if self.keeper is None:
+            return self.config.node.id, None
+        return self.keeper.recorded_by(camera_id)
+
     def camera_usage(self) -> Mapping[str, CameraUsage]:
         """Footage bytes and oldest footage per camera from the sweeper's last survey (for the API)."""
         return self.sweeper.camera_usage

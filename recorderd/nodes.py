@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import math
 import os
+import secrets
 import signal
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -40,7 +41,7 @@ from typing import Any, TextIO
 from recorderd import metrics
 from recorderd.config import Config, NodeConfig
 from recorderd.db import Database, DatabaseUnavailable
-from recorderd.logging import get_logger
+from recorderd.logging import get_logger, register_secrets
 
 log = get_logger(component="nodes")
 
@@ -59,7 +60,7 @@ WITH beat AS (
 UPDATE leases SET expires_at = now() + make_interval(secs => $4),
     state = coalesce(($7::text[])[array_position($6::text[], camera_id)], state)
 WHERE node = $1
-RETURNING l.camera_id
+RETURNING camera_id
 """
 
 # the cluster as it is now: one round trip, two kinds of rows
@@ -111,6 +112,12 @@ WHERE node = $1 AND handover_to IS NOT NULL AND NOT (handover_to = ANY($2::text[
 DROP = "DELETE FROM leases WHERE node = $1 AND NOT (camera_id = ANY($2::text[]))"
 
 RELEASE = "DELETE FROM leases WHERE node = $1"
+
+# the key one node shows another (recorderd.api.peers): made by the first node, read by every other
+NODE_KEY = """
+WITH made AS (INSERT INTO cluster (key, value) VALUES ('node_key', $1) ON CONFLICT (key) DO NOTHING RETURNING value)
+SELECT value FROM made UNION ALL SELECT value FROM cluster WHERE key = 'node_key' LIMIT 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +181,7 @@ def plan(me: str, cameras: Iterable[str], leases: Mapping[str, Lease], peers: Se
     have += len(acquire)
     # make-before-break from the fullest donors: a draining node gives everything, another gives while it
     # holds two more than this node would (so two nodes never trade one camera back and forth)
+    share_of = shares(len(wanted), peers)
     counts: dict[str, list[str]] = {}
     for c in wanted:
         lease = leases.get(c)
@@ -188,8 +196,11 @@ def plan(me: str, cameras: Iterable[str], leases: Mapping[str, Lease], peers: Se
         cs.sort(key=lambda c: _score(me, c))
     request: list[str] = []
     while have < share and len(request) + len(acquire) < limit:
+        # a donor is draining, dead, over its max_cameras (lowered by a reload), or two ahead of this node:
+        # a difference of one is never worth a move (nodes would trade a camera back and forth)
         donors = [n for n, cs in counts.items() if cs and (
-            (n in peer and peer[n].draining) or n not in peer or not peer[n].alive or size[n] - have >= 2)]
+            n not in share_of or size[n] - have >= 2
+            or (peer[n].max_cameras is not None and size[n] > (peer[n].max_cameras or 0)))]
         if not donors:
             break
         donor = max(donors, key=lambda n: (n in peer and peer[n].draining, size[n], n))
@@ -227,6 +238,7 @@ class LeaseKeeper:
         self.view = ClusterView()
         self.draining = False
         self.up = False
+        self.key: str | None = None  # authenticates node-to-node requests (recorderd.api.peers)
         self._ticks = 0
         self.queries = 0  # statements sent, as recorderd_node_lease_queries_total (scripts/bench nodes)
         self._wake = asyncio.Event()
@@ -249,6 +261,13 @@ class LeaseKeeper:
             return self.me
         lease = self.view.leases.get(camera_id)
         return lease.node if lease is not None and lease.live else None
+
+    def recorded_by(self, camera_id: str) -> tuple[str | None, str | None]:
+        """(node, state) of a camera by the last look; (None, None) when no live lease holds it."""
+        lease = self.view.leases.get(camera_id)
+        if lease is None or not lease.live:
+            return None, None
+        return lease.node, lease.state
 
     def peer_url(self, node: str) -> str | None:
         peer = self.view.peers.get(node)
@@ -274,7 +293,10 @@ class LeaseKeeper:
                        "max_cameras": p.max_cameras,
                        "cameras": sum(1 for lease in self.view.leases.values() if lease.live and lease.node == p.id)}
                       for p in sorted(self.view.peers.values(), key=lambda p: p.id)],
-            "owners": {c: lease.node for c, lease in sorted(self.view.leases.items()) if lease.live},
+            # who records the cameras this node does not, and their state by the holder's last renewal
+            "elsewhere": {c: {"node": lease.node, "state": lease.state}
+                          for c, lease in sorted(self.view.leases.items())
+                          if lease.live and lease.node != self.me and c not in self.incoming},
         }
 
     async def run(self) -> None:
@@ -313,6 +335,11 @@ class LeaseKeeper:
         cameras = set(self._cameras())
         queries = 0
         async with self.db.acquire("lease") as conn:
+            if self.key is None:
+                key = str(await conn.fetchval(NODE_KEY, secrets.token_urlsafe(32)))
+                register_secrets([key])  # never in a log line
+                self.key = key
+                queries += 1
             renewed = {r[0] for r in await conn.fetch(
                 RENEW, self.me, cfg.url, cfg.max_cameras, cfg.lease_seconds, self.draining,
                 list(states), list(states.values()))}
@@ -337,6 +364,9 @@ class LeaseKeeper:
             n, moved = await self._finish_handovers(conn, leases, cameras, states)
             queries += n
             changed |= moved
+            for c in self.held:  # plan from the view after this renewal's takes, not the look before them
+                if (lease := leases.get(c)) is not None and (lease.node != self.me or lease.handover_to):
+                    leases[c] = Lease(c, self.me, True, None, lease.state)
             self._ticks += 1
             if self.draining:
                 if self.incoming:
@@ -451,11 +481,12 @@ def cmd_drain(config: Config, out: TextIO, err: TextIO, *, poll: float = 0.5) ->
     node = data.get("node") or {}
     print(f"draining node {node.get('id', config.node.id)} (pid {pid}): its cameras move to the other nodes",
           file=out, flush=True)
-    deadline = time.monotonic() + config.node.drain_seconds + config.shutdown_seconds + 10
+    limit = config.node.drain_seconds + config.shutdown_seconds + 10
+    deadline = time.monotonic() + limit
     last = None
-    while pid_alive(pid):
+    while pid_alive(pid) and not _zombie(pid):
         if time.monotonic() > deadline:
-            print(f"recorderd drain: pid {pid} still running after {deadline:.0f} s", file=err)
+            print(f"recorderd drain: pid {pid} still running after {limit:.0f} s", file=err)
             return 1
         data, _ = read_status(config.storage.status_file)
         left = len((data or {}).get("cameras") or [])
@@ -465,3 +496,12 @@ def cmd_drain(config: Config, out: TextIO, err: TextIO, *, poll: float = 0.5) ->
         time.sleep(poll)
     print("drained: the daemon stopped", file=out)
     return 0
+
+
+def _zombie(pid: int) -> bool:
+    """Exited but not yet reaped by its parent (systemd reaps at once; a shell or a test may not)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False

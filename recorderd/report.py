@@ -209,6 +209,8 @@ async def cmd_status(config: Config, as_json: bool, out: TextIO, err: TextIO | N
     except DatabaseUnavailable as exc:
         totals, db_error = None, str(exc)
     live_cams = {c.get("camera_id"): c for c in (live or {}).get("cameras", [])} if running else {}
+    node = ((live or {}).get("node") or {}) if running else {}
+    elsewhere = node.get("elsewhere") or {}  # clustered: cameras other nodes record (recorderd.nodes)
     ids = [c.id for c in config.cameras] + [cid for cid in live_cams if config.camera(cid) is None]
     secrets = [s for c in config.cameras for s in secrets_of(c.url)]
     cameras: list[dict[str, Any]] = []
@@ -234,12 +236,20 @@ async def cmd_status(config: Config, as_json: bool, out: TextIO, err: TextIO | N
                 since[cid] = float(lc["state_since"])
             cause, hint = lc.get("cause"), lc.get("hint")
             stream = lc.get("stream") if isinstance(lc.get("stream"), dict) else None
+        elif cid in elsewhere:  # the holder's state as it last renewed its lease
+            state = elsewhere[cid].get("state") or "unknown"
+            recording, current, restarts, le = state == "recording", None, None, None
+            cause = hint = stream = None
         else:
             state = "not-running" if not running else ("disabled" if cam and not cam.enabled else "unknown")
+            if running and node.get("clustered") and cam and cam.enabled:
+                state = "unassigned"  # no node holds its lease now
             recording, current, restarts, le = False, None, None, None
             cause = hint = stream = None
         cameras.append({
-            "camera_id": cid, "state": state, "is_recording": recording, "current_file": current,
+            "camera_id": cid,
+            "node": node.get("id") if lc is not None else (elsewhere.get(cid) or {}).get("node"),
+            "state": state, "is_recording": recording, "current_file": current,
             "cause": str(cause) if cause else None,
             "hint": mask_text(str(hint), secrets) if hint else None,  # why, and what to fix
             "stream": stream,  # codecs from FFmpeg's input dump, and the audio mode in force
@@ -254,6 +264,7 @@ async def cmd_status(config: Config, as_json: bool, out: TextIO, err: TextIO | N
               "database_up": (live or {}).get("database_up") if running else totals is not None,
               "pending_rows": (live or {}).get("pending_rows") if running else None,
               "archive": (live or {}).get("archive") if running else None,
+              "node": {k: v for k, v in node.items() if k != "elsewhere"} or None,
               "config_fallback": None if fallback is None else {**fallback, "saved_at": iso(fallback["saved_at"])}}
     if not running:
         err.write(f"recorderd is not running: {why}\n")
@@ -277,19 +288,27 @@ async def cmd_status(config: Config, as_json: bool, out: TextIO, err: TextIO | N
         arch = daemon["archive"]
         if isinstance(arch, dict):
             out.write(archive_line(arch) + "\n")
+        if node.get("clustered"):
+            peers = node.get("nodes") or []
+            out.write(f"node {node.get('id')}{' (DRAINING)' if node.get('draining') else ''}: "
+                      f"{len(node.get('held') or [])} cameras here; "
+                      + ", ".join(f"{p['id']} {p['cameras']}{'' if p['alive'] else ' (dead)'}"
+                                  f"{' (draining)' if p['draining'] else ''}" for p in peers)
+                      + ("" if node.get("leases_up") else "; LEASES UNREACHABLE (recording what it held)") + "\n")
     root = str(config.storage.root) + "/"
     out.write(render_table(
-        ["CAMERA", "STATE", "REC", "LAST SEGMENT END (UTC)", "RESTARTS", "DISK", "RETENTION", "LAST EXIT",
+        ["CAMERA", "NODE", "STATE", "REC", "LAST SEGMENT END (UTC)", "RESTARTS", "DISK", "RETENTION", "LAST EXIT",
          "CURRENT FILE"],
-        [[c["camera_id"], str(c["state"]), "yes" if c["is_recording"] else "no",
+        [[c["camera_id"], c["node"] or "-", str(c["state"]), "yes" if c["is_recording"] else "no",
           c["last_segment_end"] or "-", "-" if c["restarts"] is None else str(c["restarts"]),
           "?" if c["disk_usage_bytes"] is None else human_bytes(c["disk_usage_bytes"]),
           "-" if c["retention_days"] is None else f"{c['retention_days']}d",
           last_exit_text(exits.get(c["camera_id"]), now),
           (c["current_file"] or "-").removeprefix(root)] for c in cameras],
-        right={4, 5, 6}))
+        right={5, 6, 7}))
     if running:
-        _why_not_recording(out, [c for c in cameras if not c["is_recording"] and c["state"] != "disabled"],
+        _why_not_recording(out, [c for c in cameras if not c["is_recording"] and c["state"] != "disabled"
+                                 and c["node"] in (None, node.get("id"))],
                            exits, since, unreported, now)
     return EXIT_OK if running else EXIT_NOT_RUNNING
 

@@ -28,6 +28,7 @@ from recorderd.db import Database
 from recorderd.events import OpenFile
 from recorderd.health import CHECKS, check_of
 from recorderd.logging import get_logger
+from recorderd.nodes import LeaseKeeper
 from recorderd.objectstore import ObjectStore
 from recorderd.retention import CameraUsage
 
@@ -56,6 +57,9 @@ class Services(Protocol):
     def open_file(self, camera_id: str) -> OpenFile | None: ...
     @property
     def archive_store(self) -> ObjectStore | None: ...
+    @property
+    def keeper(self) -> LeaseKeeper | None: ...  # None: a single node
+    def recorded_by(self, camera_id: str) -> tuple[str | None, str | None]: ...
 
 
 def parse_listen(listen: str) -> tuple[str | None, int]:
@@ -133,14 +137,18 @@ class HttpServer:
         app.router.add_get("/healthz", self._healthz)
         if self.services is not None:
             from recorderd.api import cameras, clips, exports, page, playback, session, storage
+            from recorderd.api.peers import Peers
+            from recorderd.api.playback import FragmentCache
 
             services = self.services
+            peers = Peers(services, FragmentCache())
+            peers.add_routes(app)
             page.add_routes(app)
             session.add_routes(app, services, self.sessions)
             storage.add_routes(app, services)
             slots = exports.CutSlots(lambda: services.config.http.max_exports)
-            cameras.add_routes(app, services, self.signer)
-            playback.add_routes(app, services, self.signer)
+            cameras.add_routes(app, services, self.signer, peers)
+            playback.add_routes(app, services, self.signer, peers)
             exports.add_routes(app, services, self.signer, slots)
             clips.add_routes(app, services, self.signer, slots)
         return app

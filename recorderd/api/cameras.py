@@ -35,6 +35,7 @@ from recorderd.report import parse_time
 if TYPE_CHECKING:
     from recorderd.api.app import Services
     from recorderd.api.auth import UrlSigner
+    from recorderd.api.peers import Peers
 
 DAY = 86400.0
 MAX_PAGE = 1000
@@ -69,11 +70,11 @@ WHERE camera_id = $1 AND NOT deleting AND end_time > $2 AND start_time < $3
   AND start_time >= $2 - make_interval(secs => 1 + coalesce(
         (SELECT max(duration_seconds) FROM segments WHERE camera_id = $1), 0))
 ORDER BY start_time"""
-_SEGMENT_SQL = "SELECT camera_id, path, object_url, size_bytes FROM segments WHERE id = $1 AND NOT deleting"
+_SEGMENT_SQL = "SELECT camera_id, path, object_url, size_bytes, node FROM segments WHERE id = $1 AND NOT deleting"
 
 
-def add_routes(app: web.Application, services: Services, signer: UrlSigner) -> None:
-    api = CameraApi(services, signer)
+def add_routes(app: web.Application, services: Services, signer: UrlSigner, peers: Peers) -> None:
+    api = CameraApi(services, signer, peers)
     r = app.router
     r.add_get("/api/v1/cameras", api.list_cameras)
     r.add_get("/api/v1/cameras/{camera_id}", api.get_camera)
@@ -84,9 +85,10 @@ def add_routes(app: web.Application, services: Services, signer: UrlSigner) -> N
 
 
 class CameraApi:
-    def __init__(self, services: Services, signer: UrlSigner) -> None:
+    def __init__(self, services: Services, signer: UrlSigner, peers: Peers | None = None) -> None:
         self.services = services
         self.signer = signer
+        self.peers = peers
         self._queries = asyncio.Semaphore(API_QUERIES)
 
     # ------------------------------------------------------------------ helpers
@@ -133,9 +135,13 @@ class CameraApi:
         clips_limit = getattr(plan, "max_clips", None)
         last_exit = (live or {}).get("last_exit")
         expires = oldest + cam.retention_days * DAY if oldest is not None else None
+        node, state = self.services.recorded_by(cam.id)
+        if live is None and state is not None:  # recorded by another node: the state it last reported
+            live = {"state": state, "is_recording": state == "recording"}
         return {
             "camera_id": cam.id, "name": cam.name, "tenant": cam.tenant, "plan": cam.plan,
             "enabled": cam.enabled, "retention_days": cam.retention_days,
+            "node": node,  # the node that records it (None: none does now)
             "state": (live or {}).get("state", "disabled" if not cam.enabled else "unknown"),
             "is_recording": bool((live or {}).get("is_recording")),
             "state_since": iso((live or {})["state_since"]) if (live or {}).get("state_since") else None,
@@ -241,6 +247,10 @@ class CameraApi:
             raise not_found("recording")
         if row["object_url"] is not None:  # archived: one ranged GET per request
             return await serve_object(request, self.services.archive_store, row["object_url"], row["size_bytes"])
+        if row["node"] != self.services.config.node.id:  # on another node's disk: it serves, this node relays
+            if self.peers is None:
+                raise unavailable(f"this recording is on node {row['node']}")
+            return await self.peers.media(request, row["node"], seg_id)
         root = str(self.services.config.storage.root)
         if not await asyncio.to_thread(safe_file, root, row["path"]):
             raise not_found("recording")

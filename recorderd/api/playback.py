@@ -34,6 +34,7 @@ from recorderd.fmp4 import FragmentIndex, scan
 if TYPE_CHECKING:
     from recorderd.api.app import Services
     from recorderd.api.auth import Principal, UrlSigner
+    from recorderd.api.peers import Peers
     from recorderd.events import OpenFile
 
 MAX_PERIOD = 7 * 86400.0  # one playlist covers at most a week
@@ -42,15 +43,15 @@ LIVE_KEYS = 4096  # live-file keys kept: a few per camera outlive their file's c
 UNINDEXED_SECONDS = 120.0  # a closed file listed before it was indexed is listed so for this long
 
 _FILES_SQL = """
-SELECT id, start_time, end_time, run_id, path, object_url, fragments FROM segments
+SELECT id, start_time, end_time, run_id, path, object_url, fragments, node, size_bytes FROM segments
 WHERE camera_id = $1 AND NOT deleting AND end_time > $2 AND start_time < $3
   AND start_time >= $2 - make_interval(secs => 1 + coalesce(
         (SELECT max(duration_seconds) FROM segments WHERE camera_id = $1), 0))
 ORDER BY start_time"""
 
 
-def add_routes(app: web.Application, services: Services, signer: UrlSigner) -> None:
-    api = PlaybackApi(services, signer)
+def add_routes(app: web.Application, services: Services, signer: UrlSigner, peers: Peers) -> None:
+    api = PlaybackApi(services, signer, peers)
     app.router.add_get("/api/v1/cameras/{camera_id}/playlist.m3u8", api.playlist)
     app.router.add_get("/api/v1/media/live-{key:[0-9a-f]{32}}.mp4", api.live_media)
 
@@ -163,8 +164,8 @@ class FragmentCache:
 
 
 class PlaybackApi(CameraApi):
-    def __init__(self, services: Services, signer: UrlSigner) -> None:
-        super().__init__(services, signer)
+    def __init__(self, services: Services, signer: UrlSigner, peers: Peers) -> None:
+        super().__init__(services, signer, peers)
         self.cache = FragmentCache()
         self.live_keys = LiveKeys()
 
@@ -180,10 +181,15 @@ class PlaybackApi(CameraApi):
         async with self.conn() as conn:
             rows = await conn.fetch(_FILES_SQL, cam.id, start, end, timeout=QUERY_TIMEOUT)
         root = str(self.services.config.storage.root)
-        unindexed = self._unindexed(cam.id, {r["path"] for r in rows}, writing) if open_ended else []
+        me = self.services.config.node.id
+        unindexed = self._unindexed(cam.id, {r["path"] for r in rows if r["node"] == me},
+                                    writing) if open_ended else []
+        assert self.peers is not None
+        remote = await self.peers.maps([r for r in rows if r["object_url"] is None and r["node"] != me])
 
         def indexes() -> tuple[list[FragmentIndex | None], list[tuple[FragmentIndex, float] | None]]:
             return ([self.cache.archived(r["id"], r["fragments"]) if r["object_url"] is not None
+                     else remote.get(r["id"]) if r["node"] != me
                      else self.cache.lookup(root, r["path"]) for r in rows],
                     [self._with_mtime(root, u.path) for u in unindexed])
 
@@ -194,7 +200,7 @@ class PlaybackApi(CameraApi):
         principal = principal_of(request)
         urls: dict[int, str] = {}
         for r in rows:  # a file first listed before it was indexed keeps its URL
-            key = self.live_keys.known(r["path"])
+            key = self.live_keys.known(r["path"]) if r["node"] == me else None
             if key is not None:
                 urls[r["id"]] = self._live_url(key, principal)
         for n, (u, live) in enumerate(zip(unindexed, extra, strict=True)):
