@@ -54,17 +54,20 @@ _DB_ERRORS = (DatabaseUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError
 # --------------------------------------------------------------------------- pure helpers
 
 
-def object_key_for(root: Path, path: str) -> str | None:
+def object_key_for(root: Path, path: str, node: str | None = None) -> str | None:
     """``<camera>/<day>/<file>``: the segment's path under the root (the archive mirrors the layout,
     so a key names its camera and time and one upload's retry hits the same key). None when the path
-    is not a segment of the layout under ``root``."""
+    is not a segment of the layout under ``root``.
+
+    A clustered node puts its id first (``<node>/<camera>/...``): two nodes recording one camera during
+    a handover may open a file in the same second, and one must never overwrite the other's object."""
     if parse_segment_path(root, path) is None:
         return None
     rel = os.path.relpath(path, root)
     parts = rel.split(os.sep)
     if len(parts) != 3 or any(p in ("", ".", "..") for p in parts):
         return None
-    return "/".join(parts)
+    return "/".join([node, *parts] if node else parts)
 
 
 def pack_fragments(index: FragmentIndex) -> bytes:
@@ -248,7 +251,8 @@ class Archiver:
         for r in rows:
             if r["path"] in busy:
                 continue
-            key = object_key_for(root, r["path"])
+            node = self._config.node
+            key = object_key_for(root, r["path"], node.id if node.clustered else None)
             if key is None:  # not a file of the layout: never read, never uploaded
                 log.warning("archive_failed", step="read", camera=r["camera_id"], path=r["path"],
                             error="not a segment path under the storage root")

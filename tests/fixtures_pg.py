@@ -31,7 +31,6 @@ from pathlib import Path
 import pytest
 
 from recorderd.config import default_node_id
-
 from recorderd.statusfile import pid_alive
 
 TEST_USER = "recorderd-test"

@@ -90,6 +90,9 @@ def test_cutoffs_only_for_cameras_whose_plan_archives() -> None:
 def test_object_keys_mirror_the_layout_and_refuse_anything_else() -> None:
     root = Path("/srv/rec")
     assert object_key_for(root, "/srv/rec/cam-1/2026-11-22/06-10-00.mp4") == "cam-1/2026-11-22/06-10-00.mp4"
+    # clustered: the node's id first, so two nodes' files of one second never share a key
+    assert object_key_for(root, "/srv/rec/cam-1/2026-11-22/06-10-00.mp4", "box-2") == \
+        "box-2/cam-1/2026-11-22/06-10-00.mp4"
     for bad in ("/srv/rec/../etc/passwd", "/srv/other/cam-1/2026-11-22/06-10-00.mp4",
                 "/srv/rec/cam-1/2026-11-22/notes.txt", "/srv/rec/clips/cam-1/3.mp4"):
         assert object_key_for(root, bad) is None, bad
