@@ -135,7 +135,9 @@ async def segments_for(conn: asyncpg.Connection, camera_id: str, start: datetime
 
     rows = await search_conn(conn, camera_id, datetime.fromtimestamp(epoch(start), UTC),
                              datetime.fromtimestamp(epoch(end), UTC))
-    return [SegmentSpan(r.path, r.start.timestamp(), r.end.timestamp(), r.size_bytes) for r in rows]
+    # footage on another node's disk is named so, never as a path here (where a file may bear its name)
+    return [SegmentSpan(r.path if r.mine else f"{OTHER_NODE}{r.node}/{r.recording_id}", r.start.timestamp(),
+                        r.end.timestamp(), r.size_bytes) for r in rows]
 
 
 # --------------------------------------------------------------------------- which files may be read
@@ -230,6 +232,8 @@ def cut_command(ffmpeg_bin: str, output: str) -> list[str]:
 
 # --------------------------------------------------------------------------- the cut
 
+OTHER_NODE = "node://"  # a span whose file is on another node's disk (recorderd.nodes)
+
 
 async def cut(files: Sequence[SegmentSpan], start: datetime | float, end: datetime | float, dest: Path, *,
               root: Path, ffmpeg_bin: str = "ffmpeg", ffprobe_bin: str | None = None,
@@ -253,6 +257,10 @@ async def cut(files: Sequence[SegmentSpan], start: datetime | float, end: dateti
             if f.path in usable or f.path.startswith("s3://"):
                 continue
             if f.end <= s or f.start >= e:
+                continue
+            if f.path.startswith(OTHER_NODE):
+                node = f.path.removeprefix(OTHER_NODE).split("/")[0]
+                skipped.append((f.path, f"on node {node}'s disk: cut it there, or once it is archived"))
                 continue
             try:
                 usable[f.path] = check_segment_path(root, f.path)

@@ -81,8 +81,8 @@ WHERE s.run_id = r.run_id AND s.seq <= r.max_seq AND s.indexed_at IS DISTINCT FR
 
 EXISTING_PATHS = f"SELECT path FROM segments WHERE path = ANY($1::text[]) AND {MINE}"
 
-_SEGMENT_COLUMNS = """id, camera_id, start_time, end_time, duration_seconds, size_bytes, path, source,
-       run_id, seq, object_url"""
+_SEGMENT_COLUMNS = f"""id, camera_id, start_time, end_time, duration_seconds, size_bytes, path, source,
+       run_id, seq, object_url, node, {MINE} AS mine"""
 
 # Overlap with [$2, $3): start < to AND end > from. The extra lower bound on start_time (from minus
 # the camera's longest segment, one probe of segments_camera_duration) keeps the scan of

@@ -51,12 +51,14 @@ class SegmentRow:
     source: str
     run_id: str | None
     seq: int | None
+    node: str | None = None  # the node whose disk holds it (or that archived it)
+    mine: bool = True  # on this node's disk, or in the store: readable here
 
     def to_json(self) -> dict[str, Any]:
         return {"recording_id": self.recording_id, "camera_id": self.camera_id,
                 "start": iso(self.start), "end": iso(self.end),
                 "duration_seconds": self.duration_seconds, "size_bytes": self.size_bytes,
-                "path": self.path}
+                "path": self.path, "node": self.node}
 
 
 def archive_line(a: dict[str, Any]) -> str:
@@ -100,7 +102,8 @@ async def search_conn(conn: asyncpg.Connection, camera_id: str, start: datetime 
     return [SegmentRow(recording_id=r["id"], camera_id=r["camera_id"], start=r["start_time"],
                        end=r["end_time"], duration_seconds=r["duration_seconds"],
                        size_bytes=r["size_bytes"], path=r["object_url"] or r["path"], source=r["source"],
-                       run_id=str(r["run_id"]) if r["run_id"] is not None else None, seq=r["seq"])
+                       run_id=str(r["run_id"]) if r["run_id"] is not None else None, seq=r["seq"],
+                       node=r["node"], mine=bool(r["mine"]) or r["object_url"] is not None)
             for r in rows]
 
 

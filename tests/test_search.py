@@ -15,7 +15,7 @@ import pytest
 from util import make_config
 
 from recorderd import queries, report
-from recorderd.config import Config
+from recorderd.config import Config, default_node_id
 from recorderd.db import migrate
 from recorderd.events import SegmentEvent
 from recorderd.indexer import segment_arrays
@@ -109,10 +109,11 @@ async def test_cmd_search_json_shape(tmp_path: Path, pg_dsn: str) -> None:
     assert set(doc) == {"recordings", "total"} and doc["total"] == 2
     first = doc["recordings"][0]
     assert set(first) == {"recording_id", "camera_id", "start", "end", "duration_seconds", "size_bytes",
-                          "path"}
+                          "path", "node"}
     assert first["camera_id"] == "cam-001" and isinstance(first["recording_id"], int)
     assert (first["start"], first["end"]) == ("2026-11-18T11:06:40.000000Z", "2026-11-18T11:06:50.000000Z")
     assert (first["duration_seconds"], first["size_bytes"], first["path"]) == (10.0, 100, A.path)
+    assert first["node"] == default_node_id()  # the rows name the node that wrote them
     assert doc["recordings"][1]["path"] == B.path
 
 
@@ -170,7 +171,7 @@ async def test_status_without_daemon_says_so_and_exits_3(tmp_path: Path, pg_dsn:
     assert list(cams) == ["cam-001", "cam-002", "cam-003"]
     assert set(cams["cam-001"]) == {"camera_id", "state", "is_recording", "current_file", "last_segment_end",
                                     "restarts", "disk_usage_bytes", "retention_days", "last_exit", "cause", "hint",
-                                    "stream"}
+                                    "stream", "node"}
     assert cams["cam-001"]["last_exit"] is None and doc["daemon"]["config_fallback"] is None
     assert cams["cam-001"]["hint"] is cams["cam-001"]["cause"] is cams["cam-001"]["stream"] is None
     assert cams["cam-001"]["state"] == "not-running" and cams["cam-001"]["is_recording"] is False
