@@ -46,7 +46,9 @@ from recorderd.logging import get_logger, register_secrets
 log = get_logger(component="nodes")
 
 HANDOVER_TIMEOUT = 30.0  # seconds an incoming camera may take to record before the request is given up
-MAX_MOVES = 16  # cameras one node asks for per renewal: FFmpeg starts spread over a few renewals
+# handovers one node asks for per renewal: moves of recording cameras spread over a few renewals. Free
+# cameras (a dead node's) are taken all at once: every renewal they wait is footage nobody records
+MAX_MOVES = 16
 
 # one statement per renewal: "I am alive" and "these are still mine" ($6/$7: the holder's camera states,
 # for the other nodes' API). Rows whose node is this one are renewed even past expires_at: nobody took them
@@ -177,7 +179,7 @@ def plan(me: str, cameras: Iterable[str], leases: Mapping[str, Lease], peers: Se
     have = len(held | incoming)
     free = [c for c in wanted if c not in incoming and ((lease := leases.get(c)) is None or not lease.live)]
     free.sort(key=lambda c: _score(me, c))
-    acquire = tuple(free[:max(0, min(share - have, limit))])
+    acquire = tuple(free[:max(0, share - have)])
     have += len(acquire)
     # make-before-break from the fullest donors: a draining node gives everything, another gives while it
     # holds two more than this node would (so two nodes never trade one camera back and forth)
@@ -195,7 +197,7 @@ def plan(me: str, cameras: Iterable[str], leases: Mapping[str, Lease], peers: Se
     for cs in counts.values():
         cs.sort(key=lambda c: _score(me, c))
     request: list[str] = []
-    while have < share and len(request) + len(acquire) < limit:
+    while have < share and len(request) < limit:
         # a donor is draining, dead, over its max_cameras (lowered by a reload), or two ahead of this node:
         # a difference of one is never worth a move (nodes would trade a camera back and forth)
         donors = [n for n, cs in counts.items() if cs and (

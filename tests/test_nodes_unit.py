@@ -176,10 +176,12 @@ def test_plan_counts_what_it_holds() -> None:
     assert plan("a", everything, leases, live("a", "b", "c")) == Moves()
 
 
-def test_plan_acquire_respects_limit() -> None:
+def test_plan_free_cameras_are_taken_up_to_the_share_at_once() -> None:
+    # the limit paces handovers of recording cameras; a free camera (a dead node's) is footage nobody
+    # records, so a node takes its whole share of them in one renewal
     moves = plan("a", cams(100), {}, live("a", "b"), limit=5)
-    assert len(moves.acquire) == 5
-    assert plan("a", cams(100), {}, live("a", "b"), limit=0) == Moves()
+    assert len(moves.acquire) == 50 and moves.request == ()
+    assert len(plan("a", cams(100), {}, live("a", "b"), limit=0).acquire) == 50
 
 
 def test_plan_duplicate_camera_ids_count_once() -> None:
@@ -192,8 +194,8 @@ def test_plan_two_nodes_prefer_different_free_cameras() -> None:
     everything = cams(1000)
     ids = [f"node-{i}" for i in range(5)]
     peers = live(*ids)
-    # the default limit: each node's first claims
-    firsts = {n: set(plan(n, everything, {}, peers).acquire) for n in ids}
+    # each node's first claims (its acquire list is in its own preference order)
+    firsts = {n: set(plan(n, everything, {}, peers).acquire[:MAX_MOVES]) for n in ids}
     assert all(len(s) == MAX_MOVES for s in firsts.values())
     pairs = [(x, y) for i, x in enumerate(ids) for y in ids[i + 1:]]
     collisions = sum(len(firsts[x] & firsts[y]) for x, y in pairs)
@@ -229,9 +231,9 @@ def test_plan_request_respects_limit_with_acquire() -> None:
     everything = cams(12)
     leases = held_by({"a": everything[:10]})  # two free
     peers = live("a", "c")
-    moves = plan("c", everything, leases, peers, limit=4)
+    moves = plan("c", everything, leases, peers, limit=3)
     assert len(moves.acquire) == 2
-    assert len(moves.request) == 2
+    assert len(moves.request) == 3  # the limit is on handovers only
     moves = plan("c", everything, leases, peers)
     assert len(moves.acquire) == 2
     assert len(moves.request) == 4  # 10,0 (+2 free) -> 6,6
