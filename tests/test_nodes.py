@@ -271,6 +271,7 @@ async def test_kill_9_resumes_elsewhere_within_the_bound_and_the_index_shows_the
         gaps = await cluster.gaps(c, killed - 10, time.time() - 5)
         assert len(gaps) == 1, (c, gaps)  # the index shows the one gap the kill made
         a, b = gaps[0]
+        print(f"kill -9: {c} unrecorded for {b - a:.2f} s (lease {LEASE:g} s)")  # the note's figures (-s)
         assert b - a <= KILL_BOUND, (c, b - a)
         assert a <= killed + 2.5  # it starts where n2's last indexed file ended
     # the timeline API shows it too, on any node
