@@ -242,6 +242,11 @@ class FakeServices:
     def open_file(self, camera_id: str) -> None:
         raise AssertionError("not used by these tests")
 
+    keeper = None  # a single node
+
+    def recorded_by(self, camera_id: str) -> tuple[str | None, str | None]:
+        return self.config.node.id, None
+
 
 class Site:
     def __init__(self, srv: HttpServer, services: FakeServices, root: Path) -> None:
