@@ -350,19 +350,7 @@ class Daemon:
             await asyncio.Event().wait()
             return
         keeper.drain()
-        deadline = time.monotonic() + self.config.node.drain_seconds
-        while keeper.wanted() and time.monotonic() < deadline:
-            await asyncio.sleep(0.25)
-            peers = keeper.view.peers.values()
-            if keeper.view.at and keeper.up and not any(p.alive and not p.draining and p.id != keeper.me
-                                                        for p in peers):
-                log.warning("drain_no_peers", node=keeper.me, cameras=sorted(keeper.wanted()))
-                break
-        if keeper.wanted():
-            log.warning("drain_incomplete", node=keeper.me, cameras=sorted(keeper.wanted()),
-                        seconds=self.config.node.drain_seconds)
-        else:
-            log.info("drain_done", node=keeper.me)
+        await keeper.drained(self.config.node.drain_seconds)  # handed over or not: the node stops
         self.stop_event.set()
         await asyncio.Event().wait()  # a core task that ended would read as a failure; the stop cancels it
 

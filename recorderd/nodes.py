@@ -286,6 +286,22 @@ class LeaseKeeper:
             log.info("node_draining", node=self.me, cameras=len(self.held))
             self._wake.set()
 
+    async def drained(self, seconds: float) -> bool:
+        """After ``drain()``: wait until the others hold every camera this node had (True), or give up
+        after ``seconds`` or once no live peer is left to take them (False, logged)."""
+        deadline = time.monotonic() + seconds
+        while self.wanted() and time.monotonic() < deadline:
+            await asyncio.sleep(0.25)
+            if self.view.at and self.up and not any(p.alive and not p.draining and p.id != self.me
+                                                    for p in self.view.peers.values()):
+                log.warning("drain_no_peers", node=self.me, cameras=sorted(self.wanted()))
+                return False
+        if self.wanted():
+            log.warning("drain_incomplete", node=self.me, cameras=sorted(self.wanted()), seconds=seconds)
+            return False
+        log.info("drain_done", node=self.me)
+        return True
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "id": self.me, "url": self.cfg.url, "clustered": True, "draining": self.draining,
@@ -486,7 +502,7 @@ def cmd_drain(config: Config, out: TextIO, err: TextIO, *, poll: float = 0.5) ->
     limit = config.node.drain_seconds + config.shutdown_seconds + 10
     deadline = time.monotonic() + limit
     last = None
-    while pid_alive(pid) and not _zombie(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             print(f"recorderd drain: pid {pid} still running after {limit:.0f} s", file=err)
             return 1
@@ -499,11 +515,3 @@ def cmd_drain(config: Config, out: TextIO, err: TextIO, *, poll: float = 0.5) ->
     print("drained: the daemon stopped", file=out)
     return 0
 
-
-def _zombie(pid: int) -> bool:
-    """Exited but not yet reaped by its parent (systemd reaps at once; a shell or a test may not)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False

@@ -47,10 +47,16 @@ def read_status(path: Path, now: float | None = None) -> tuple[dict[str, Any] | 
 
 
 def pid_alive(pid: int) -> bool:
+    """The process runs: it exists and has not exited (a zombie its parent has yet to reap has; systemd
+    reaps at once, a shell or a test may not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

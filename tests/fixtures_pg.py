@@ -249,13 +249,9 @@ class PgCluster:
         pid = self.pid
         if pid is None:
             return False
-        if not pid_alive(pid):
+        if not pid_alive(pid):  # gone, or a zombie
             return False
-        try:  # a zombie or a recycled pid is not our postmaster
-            with open(f"/proc/{pid}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-            if state == "Z":
-                return False
+        try:  # a recycled pid is not our postmaster
             return "postgres" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
             return True
