@@ -34,6 +34,7 @@ from util import REPO, DaemonProc, camera_doc, write_api_config
 LEASE = 3.0
 CAMERAS = [f"cam-{n}" for n in range(1, 7)]
 TOKEN = "nodes-ops-token-0123456789abcdef"
+OTHER_TENANT = "nodes-t2-token-0123456789abcdef"  # sees tenant t2 only; every camera here is t1's
 GAP = 0.5  # seconds of uncovered time that count as a gap (segments of one run tile exactly)
 # kill -9: the lease runs out, a peer's next renewal sees it, FFmpeg connects and writes its first file
 KILL_BOUND = LEASE + LEASE / 4 + 8.0
@@ -46,7 +47,7 @@ class Node:
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = write_api_config(
             tmp / f"{name}.yaml", self.root, [camera_doc(c, cam.url, tenant="t1") for c, cam in zip(CAMERAS, cams, strict=True)],
-            dsn=dsn, port=self.port, tokens={"ops": TOKEN}, node={"lease_seconds": LEASE, "drain_seconds": 60})
+            dsn=dsn, port=self.port, tokens={"ops": TOKEN, "t2": OTHER_TENANT}, node={"lease_seconds": LEASE, "drain_seconds": 60})
         self.env = {"RECORDERD_NODE_ID": name, "RECORDERD_NODE_URL": self.url}
         self.proc = DaemonProc(self.config, self.root, tmp / f"{name}.log", env=self.env)
 
@@ -67,9 +68,10 @@ class Node:
         st = self.proc.status() if self.alive else None
         return {c["camera_id"] for c in (st or {}).get("cameras", [])}
 
-    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        req = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {TOKEN}",
-                                                               **(headers or {})})
+    def get(self, path: str, headers: dict[str, str] | None = None,
+            token: str | None = TOKEN) -> tuple[int, dict[str, str], bytes]:
+        auth = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        req = urllib.request.Request(self.url + path, headers={**auth, **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=20) as r:
                 return r.status, dict(r.headers), r.read()
@@ -164,7 +166,8 @@ def cluster(pg_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             cam.stop()
         for n in c.nodes.values():
             if n.proc.log_path.exists():
-                assert TOKEN not in n.proc.log_path.read_text()
+                text = n.proc.log_path.read_text()
+                assert TOKEN not in text and OTHER_TENANT not in text
 
 
 def period_query(start: float, end: float) -> str:
@@ -237,9 +240,16 @@ async def test_every_node_answers_the_same_for_every_camera(cluster: Cluster) ->
     assert all(s == 200 for s, _, _ in lists)
     counts = [body.decode().count("#EXTINF") for _, _, body in lists]
     assert counts[0] == counts[1] == counts[2] > 0, counts
-    # a node's own credentials are not another's: the internal route wants the cluster key
-    status, _, _ = nodes[1].get(f"/internal/v1/segments/{seg['recording_id']}.mp4")
-    assert status == 401
+    # the relay is behind the same checks as local media: no token or a wrong one is 401, another
+    # tenant's token 404 (as for a camera that does not exist), before any request to n1
+    relayed = f"/api/v1/media/{seg['recording_id']}.mp4"
+    assert nodes[1].get(relayed, token=None)[0] == 401
+    assert nodes[1].get(relayed, token="not-a-token-of-this-cluster-000000")[0] == 401
+    assert nodes[1].get(relayed, token=OTHER_TENANT)[0] == 404
+    # a viewer's token is not the node key: the internal route wants the cluster's key, not a guess
+    internal = f"/internal/v1/segments/{seg['recording_id']}.mp4"
+    assert nodes[0].get(internal)[0] == 401
+    assert nodes[0].get(internal, {"Authorization": "Node not-the-key"}, token=None)[0] == 401
 
 
 async def test_a_drained_node_hands_over_with_no_gap_and_stops(cluster: Cluster) -> None:
